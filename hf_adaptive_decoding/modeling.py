@@ -1,0 +1,342 @@
+"""Decoding adapters as transformers models: config, policy network, Auto class, base-model checks."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from .configuration import AdaptiveDecodingConfig
+
+
+class IncompatibleBaseModelError(ValueError):
+    """Raised when a decoding adapter is used with a language model it was not built for."""
+
+
+@strict
+class DecodingAdapterConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`DecodingAdapterModel`]: the decision problem (`decoding`, an [`AdaptiveDecodingConfig`] as a
+    dict), the policy network, and the base language model it was built for.
+
+    Args:
+        decoding (`dict`):
+            [`AdaptiveDecodingConfig.to_dict`] of the action space, level and features.
+        base_model_name_or_path (`str`, *optional*):
+            Hub id or path of the language model the adapter reads hidden states from.
+        base_model_revision (`str`, *optional*):
+            Its revision, when known.
+        base_model_hidden_size (`int`):
+            Width of the language model's final hidden state (the context feature).
+        base_model_vocab_size (`int`):
+            Vocabulary size of the language model.
+        adapter_hidden_size (`int`, defaults to 256):
+            Width of the policy MLP.
+        num_hidden_layers (`int`, defaults to 3):
+            Number of linear layers in the policy MLP (the paper uses 3).
+        hidden_act (`str`, defaults to `"silu"`):
+            Activation between layers.
+        dropout (`float`, defaults to 0.1):
+            Dropout between layers (active in training only).
+        budget_hidden_size (`int`, defaults to 32):
+            Width of the 2-layer budget encoder whose output is concatenated to the context features.
+        normalize_features (`bool`, defaults to `True`):
+            LayerNorm the context features before the MLP; hidden-state scales differ a lot between models.
+        initializer_range (`float`, defaults to 0.02):
+            Std of the normal init. The output layer starts at zero, so a fresh adapter is the uniform policy.
+    """
+
+    model_type = "decoding_adapter"
+
+    decoding: dict | None = None
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    base_model_hidden_size: int = 64
+    base_model_vocab_size: int | None = None
+    adapter_hidden_size: int = 256
+    num_hidden_layers: int = 3
+    hidden_act: str = "silu"
+    dropout: float = 0.1
+    budget_hidden_size: int = 32
+    normalize_features: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.decoding is None:
+            self.decoding = AdaptiveDecodingConfig.from_preset("math-token").to_dict()
+        # Validates and normalises (e.g. top_k=0 -> None); raises a ValueError naming the bad field.
+        self.decoding = AdaptiveDecodingConfig.coerce(self.decoding).to_dict()
+        for name in ("base_model_hidden_size", "adapter_hidden_size", "num_hidden_layers", "budget_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DecodingAdapterConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.base_model_vocab_size is not None and self.base_model_vocab_size < 1:
+            raise ValueError(f"DecodingAdapterConfig.base_model_vocab_size must be >= 1, got {self.base_model_vocab_size}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DecodingAdapterConfig.dropout must be in [0, 1), got {self.dropout}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"DecodingAdapterConfig.hidden_act {self.hidden_act!r} is not one of {sorted(ACT2FN)}.")
+        super().__post_init__(**kwargs)
+
+    @property
+    def decoding_config(self) -> AdaptiveDecodingConfig:
+        return AdaptiveDecodingConfig.from_dict(self.decoding)
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.decoding["actions"])
+
+
+@dataclass
+class DecodingAdapterOutput(ModelOutput):
+    """
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch_size, num_actions)`):
+            Policy logits, already divided by the policy temperature: `softmax(logits)` is pi(a | x).
+    """
+
+    logits: torch.FloatTensor | None = None
+
+
+class DecodingAdapterPreTrainedModel(PreTrainedModel):
+    config_class = DecodingAdapterConfig
+    base_model_prefix = "adapter"
+    main_input_name = "hidden_states"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        if module is getattr(self, "output_layer", None):
+            module.weight.zero_()
+
+
+class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
+    """
+    The paper's decoding adapter: an MLP policy pi(a | [e; budget]) over a discrete set of decoding actions.
+
+    The context `e` is a final hidden state of the frozen language model (token level: the current step's; sequence
+    level: the prompt's last token or mean). The budget (remaining tokens `b_t`, or parallel samples `B`) is encoded
+    by a 2-layer MLP and concatenated to `e` (Section 3.1). Use it through `model.generate(decoding_adapter=...)`.
+    """
+
+    def __init__(self, config: DecodingAdapterConfig):
+        super().__init__(config)
+        decoding = config.decoding_config
+        self.level = decoding.level
+        self.budget_feature = decoding.budget_feature
+        self.budget_scale = decoding.budget_scale
+        self.prompt_pooling = decoding.prompt_pooling
+        self.policy_temperature = decoding.policy_temperature
+        act = ACT2FN[config.hidden_act]
+        self.feature_norm = nn.LayerNorm(config.base_model_hidden_size) if config.normalize_features else nn.Identity()
+        in_features = config.base_model_hidden_size
+        if self.budget_feature is not None:
+            self.budget_encoder = nn.Sequential(
+                nn.Linear(1, config.budget_hidden_size), act, nn.Linear(config.budget_hidden_size, config.budget_hidden_size)
+            )
+            in_features += config.budget_hidden_size
+        layers: list[nn.Module] = []
+        for _ in range(config.num_hidden_layers - 1):
+            layers += [nn.Linear(in_features, config.adapter_hidden_size), act, nn.Dropout(config.dropout)]
+            in_features = config.adapter_hidden_size
+        self.mlp = nn.Sequential(*layers)
+        self.output_layer = nn.Linear(in_features, config.num_actions)
+        self.post_init()
+
+    @property
+    def decoding_config(self) -> AdaptiveDecodingConfig:
+        return self.config.decoding_config
+
+    def encode_budget(self, budget: torch.Tensor) -> torch.Tensor:
+        """Map raw budgets (remaining tokens or parallel samples, shape `(batch,)`) to the scalar budget feature."""
+        budget = budget.to(self.dtype).clamp(min=0)
+        if self.budget_feature == "linear":
+            return budget / self.budget_scale
+        return torch.log1p(budget) / math.log1p(self.budget_scale)
+
+    def forward(
+        self, hidden_states: torch.Tensor, budget: torch.Tensor | None = None, return_dict: bool | None = None
+    ) -> DecodingAdapterOutput | tuple:
+        """
+        Args:
+            hidden_states (`torch.FloatTensor` of shape `(batch_size, base_model_hidden_size)`):
+                Context features: final hidden states of the base model (any dtype; cast to the adapter's).
+            budget (`torch.Tensor` of shape `(batch_size,)` or a scalar, *optional*):
+                Raw budget: remaining tokens (token level) or parallel samples (sequence level). Required when the
+                adapter was configured with a `budget_feature`.
+        """
+        features = self.feature_norm(hidden_states.to(self.dtype))
+        if self.budget_feature is not None:
+            if budget is None:
+                raise ValueError(
+                    f"This adapter conditions on the budget (budget_feature={self.budget_feature!r}); pass `budget`."
+                )
+            budget = torch.as_tensor(budget, device=features.device).expand(features.shape[0])
+            encoded = self.budget_encoder(self.encode_budget(budget)[:, None])
+            features = torch.cat([features, encoded], dim=-1)
+        logits = self.output_layer(self.mlp(features)) / self.policy_temperature
+        if return_dict is False:
+            return (logits,)
+        return DecodingAdapterOutput(logits=logits)
+
+    @torch.no_grad()
+    def select_actions(
+        self, hidden_states: torch.Tensor, budget: torch.Tensor | None = None, deterministic: bool = False
+    ) -> tuple[torch.LongTensor, torch.FloatTensor]:
+        """Sample (or, with `deterministic=True`, take the argmax of) an action per row. Returns `(actions, probs)`."""
+        probs = self(hidden_states, budget).logits.float().softmax(dim=-1)
+        if deterministic:
+            return probs.argmax(dim=-1), probs
+        return torch.multinomial(probs, num_samples=1).squeeze(-1), probs
+
+    def pool_prompt(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        The prompt embedding `e` from the prompt's final hidden states `(batch, length, hidden)`: the last position
+        (left padding puts the real last token there) or the mean over non-padding positions.
+        """
+        if self.prompt_pooling == "last":
+            return hidden_states[:, -1]
+        if attention_mask is None:
+            return hidden_states.mean(dim=1)
+        mask = attention_mask[:, -hidden_states.shape[1] :].to(hidden_states.dtype)[..., None]
+        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+    def check_compatible(self, model: PreTrainedModel) -> None:
+        """
+        Raise [`IncompatibleBaseModelError`] if `model` is not the language model this adapter was built for
+        (hidden size, vocabulary size, or a different base model id when both ids are known).
+        """
+        text_config = model.config.get_text_config(decoder=True)
+        hidden_size = getattr(text_config, "hidden_size", None)
+        vocab_size = getattr(text_config, "vocab_size", None)
+        expected_id = self.config.base_model_name_or_path
+        actual_id = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
+        problems = []
+        if hidden_size != self.config.base_model_hidden_size:
+            problems.append(f"hidden size {hidden_size} != {self.config.base_model_hidden_size}")
+        if self.config.base_model_vocab_size is not None and vocab_size != self.config.base_model_vocab_size:
+            problems.append(f"vocabulary size {vocab_size} != {self.config.base_model_vocab_size}")
+        if expected_id and actual_id and _normalise_id(expected_id) != _normalise_id(actual_id):
+            problems.append("different base model id")
+        if problems:
+            raise IncompatibleBaseModelError(
+                f"This decoding adapter was built for {expected_id or 'an unnamed model'!r} (hidden size "
+                f"{self.config.base_model_hidden_size}, vocabulary {self.config.base_model_vocab_size}) but is used "
+                f"with {actual_id or 'an unnamed model'!r} ({type(model).__name__}, hidden size {hidden_size}, "
+                f"vocabulary {vocab_size}): {'; '.join(problems)}. Build one for this model with "
+                "`AutoDecodingAdapter.for_model(model, config)`."
+            )
+
+
+def _normalise_id(name_or_path: str) -> str:
+    return os.path.normpath(name_or_path) if os.path.isdir(name_or_path) else name_or_path.rstrip("/")
+
+
+class AutoDecodingAdapter:
+    """
+    Builds and loads decoding adapters, in the manner of transformers' Auto classes.
+
+    ```python
+    >>> adapter = AutoDecodingAdapter.for_model(model, "math-token")          # a fresh adapter sized for `model`
+    >>> adapter.save_pretrained("my-adapter")                                   # safetensors + config.json
+    >>> adapter = AutoDecodingAdapter.from_pretrained("my-adapter")             # or a Hub repo id
+    >>> out = model.generate(**inputs, decoding_adapter=adapter, max_new_tokens=64)
+    ```
+    """
+
+    _model_classes: dict[type[PretrainedConfig], type[PreTrainedModel]] = {}
+
+    def __init__(self):
+        raise OSError("AutoDecodingAdapter is not meant to be instantiated; use `from_pretrained` or `for_model`.")
+
+    @classmethod
+    def register(cls, config_class: type[PretrainedConfig], model_class: type[PreTrainedModel]) -> None:
+        """Register a new kind of adapter (its config class must be registered with `AutoConfig`)."""
+        cls._model_classes[config_class] = model_class
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+        return cls._model_class(config)._from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+        """
+        Load an adapter from a local folder or a Hub repo (safetensors only; pickled weights are refused).
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                Folder written by `save_pretrained`, or a Hub repo id.
+            kwargs:
+                Passed to [`~transformers.PreTrainedModel.from_pretrained`] (`revision`, `token`, `cache_dir`,
+                `local_files_only`, `dtype`, ...).
+        """
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
+            if key in kwargs
+        }
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        model_class = cls._model_class(config)
+        return model_class.from_pretrained(pretrained_model_name_or_path, config=config, use_safetensors=True, **kwargs)
+
+    @classmethod
+    def for_model(
+        cls,
+        model: PreTrainedModel,
+        config: AdaptiveDecodingConfig | dict | str = "math-token",
+        base_model_revision: str | None = None,
+        **adapter_kwargs: Any,
+    ) -> DecodingAdapterModel:
+        """
+        A freshly initialised adapter sized for `model` (its policy starts uniform over the actions).
+
+        Args:
+            model ([`~transformers.PreTrainedModel`]):
+                The (frozen) causal language model the adapter will read hidden states from.
+            config ([`AdaptiveDecodingConfig`], `dict` or `str`, defaults to `"math-token"`):
+                The decision problem, or the name of a preset (see [`AdaptiveDecodingConfig.from_preset`]).
+            base_model_revision (`str`, *optional*):
+                Revision of `model` to record in the adapter's config.
+            adapter_kwargs:
+                Fields of [`DecodingAdapterConfig`] for the network, e.g. `adapter_hidden_size=128`.
+        """
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
+        text_config = model.config.get_text_config(decoder=True)
+        adapter_config = DecodingAdapterConfig(
+            decoding=AdaptiveDecodingConfig.coerce(config).to_dict(),
+            base_model_name_or_path=getattr(model, "name_or_path", None) or None,
+            base_model_revision=base_model_revision,
+            base_model_hidden_size=text_config.hidden_size,
+            base_model_vocab_size=text_config.vocab_size,
+            **adapter_kwargs,
+        )
+        return cls.from_config(adapter_config).to(model.device)
+
+    @classmethod
+    def _model_class(cls, config: PretrainedConfig) -> type[PreTrainedModel]:
+        model_class = cls._model_classes.get(type(config))
+        if model_class is None:
+            raise ValueError(
+                f"{type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}) is not a decoding "
+                f"adapter config; known adapter types: {sorted(c.model_type for c in cls._model_classes)}."
+            )
+        return model_class
+
+
+AutoConfig.register(DecodingAdapterConfig.model_type, DecodingAdapterConfig, exist_ok=True)
+AutoModel.register(DecodingAdapterConfig, DecodingAdapterModel, exist_ok=True)
+AutoDecodingAdapter.register(DecodingAdapterConfig, DecodingAdapterModel)
