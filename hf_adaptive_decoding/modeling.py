@@ -202,18 +202,6 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
             return probs.argmax(dim=-1), probs
         return torch.multinomial(probs, num_samples=1).squeeze(-1), probs
 
-    def pool_prompt(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """
-        The prompt embedding `e` from the prompt's final hidden states `(batch, length, hidden)`: the last position
-        (left padding puts the real last token there) or the mean over non-padding positions.
-        """
-        if self.prompt_pooling == "last":
-            return hidden_states[:, -1]
-        if attention_mask is None:
-            return hidden_states.mean(dim=1)
-        mask = attention_mask[:, -hidden_states.shape[1] :].to(hidden_states.dtype)[..., None]
-        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-
     def check_compatible(self, model: PreTrainedModel) -> None:
         """
         Raise [`IncompatibleBaseModelError`] if `model` is not the language model this adapter was built for
