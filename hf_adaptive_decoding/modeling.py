@@ -271,6 +271,9 @@ class AutoDecodingAdapter:
                 Passed to [`~transformers.PreTrainedModel.from_pretrained`] (`revision`, `token`, `cache_dir`,
                 `local_files_only`, `dtype`, ...).
         """
+        path = str(pretrained_model_name_or_path)
+        if (os.path.isabs(path) or path.startswith(".") or os.sep * 2 in path) and not os.path.isdir(path):
+            raise FileNotFoundError(f"No adapter folder at {path!r} (looked for a local folder: the path is not a Hub id).")
         hub_kwargs = {
             key: kwargs[key]
             for key in ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")

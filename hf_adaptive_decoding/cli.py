@@ -1,0 +1,131 @@
+"""`hf-adaptive-decoding generate`: generate with a decoding adapter and show which action produced each token."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+from rich.text import Text
+from transformers import TextStreamer, set_seed
+
+from .configuration import ACTION_PRESETS
+from .default_model import default_model_revision, load_default_model
+from .modeling import AutoDecodingAdapter, DecodingAdapterModel
+
+ACTION_COLORS = ["bright_blue", "green", "yellow", "red", "magenta", "cyan", "bright_green", "orange3", "purple", "blue"]
+CONFIDENT = 0.95  # the paper's mask threshold: above it, the action rarely changes the sampled token
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-adaptive-decoding", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="Generate with a decoding adapter and show its per-token actions.")
+    gen.add_argument("--prompt", action="append", required=True, help="A user message (repeat for a batch).")
+    gen.add_argument("--adapter", help="Adapter folder or Hub id. Default: a fresh, untrained adapter (--preset).")
+    gen.add_argument("--preset", default="math-token", choices=sorted(ACTION_PRESETS), help="For a fresh adapter.")
+    gen.add_argument("--model", help="Hub id or folder of the LM. Default: the embedded SmolLM2-135M-Instruct.")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--num-return-sequences", type=int, default=1)
+    gen.add_argument("--deterministic", action="store_true", help="Take the policy's most likely action.")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--system", help="Optional system message.")
+    gen.add_argument("--no-actions", action="store_true", help="Stream plain text instead of coloured actions.")
+    gen.add_argument("--device", default=None)
+    return parser
+
+
+def _render(tokenizer, token_ids, actions, max_probs, action_names) -> Text:
+    text = Text()
+    for token_id, action, max_prob in zip(token_ids, actions, max_probs):
+        if action < 0:
+            break
+        piece = tokenizer.decode([token_id], skip_special_tokens=True)
+        style = "dim" if max_prob > CONFIDENT else ACTION_COLORS[action % len(ACTION_COLORS)]
+        text.append(piece, style=style)
+    return text
+
+
+def _legend(action_names: Sequence[str]) -> Text:
+    legend = Text("actions: ")
+    for index, name in enumerate(action_names):
+        legend.append(f"[{index}] {name}", style=ACTION_COLORS[index % len(ACTION_COLORS)])
+        legend.append("  ")
+    legend.append(f"dim = next-token max probability > {CONFIDENT}", style="dim")
+    return legend
+
+
+def generate_command(args: argparse.Namespace, console: Console) -> int:
+    set_seed(args.seed)
+    model, tokenizer = load_default_model(args.model, device=args.device)
+    if args.adapter:
+        adapter = AutoDecodingAdapter.from_pretrained(args.adapter)
+        adapter.to(model.device)
+    else:
+        revision = default_model_revision() if args.model is None else None
+        adapter = AutoDecodingAdapter.for_model(model, args.preset, base_model_revision=revision)
+        console.print(f"[bold]No --adapter given: using a fresh, untrained {args.preset!r} adapter (uniform policy).")
+    adapter.eval()
+    assert isinstance(adapter, DecodingAdapterModel)
+    action_names = adapter.decoding_config.action_names
+
+    conversations = [
+        ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": p}]
+        for p in args.prompt
+    ]
+    inputs = tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    ).to(model.device)
+    prompt_length = inputs["input_ids"].shape[1]
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.no_actions else None
+    out = model.generate(
+        **inputs,
+        decoding_adapter=adapter,
+        deterministic=args.deterministic,
+        max_new_tokens=args.max_new_tokens,
+        num_return_sequences=args.num_return_sequences,
+        return_dict_in_generate=True,
+        output_logits=True,
+        streamer=streamer if len(args.prompt) * args.num_return_sequences == 1 else None,
+    )
+    if args.no_actions:
+        if streamer is None:
+            for text in tokenizer.batch_decode(out.sequences[:, prompt_length:], skip_special_tokens=True):
+                console.print(text, markup=False, highlight=False)
+        return 0
+
+    max_probs = torch.stack([logits.float().softmax(-1).amax(-1) for logits in out.logits], dim=1)
+    actions = out.decoding_actions
+    if actions.dim() == 1:  # sequence level: one action for the whole sequence
+        actions = actions[:, None].expand(-1, max_probs.shape[1])
+        actions = actions.masked_fill(out.sequences[:, prompt_length:] == tokenizer.pad_token_id, -1)
+    console.print(_legend(action_names))
+    for row in range(out.sequences.shape[0]):
+        prompt_index = row // args.num_return_sequences
+        console.rule(f"prompt {prompt_index}: {args.prompt[prompt_index][:60]}")
+        chosen = actions[row].tolist()
+        console.print(
+            _render(tokenizer, out.sequences[row, prompt_length:].tolist(), chosen, max_probs[row].tolist(), action_names)
+        )
+        used = [a for a in chosen if a >= 0]
+        counts = ", ".join(f"[{i}] {used.count(i)}" for i in range(len(action_names)) if used.count(i))
+        console.print(Text(f"{len(used)} tokens; actions used: {counts}", style="italic"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        if args.command == "generate":
+            return generate_command(args, console)
+    except (ValueError, ImportError, OSError) as error:
+        console.print(f"[bold red]error:[/] {error}", markup=True)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
