@@ -1,0 +1,84 @@
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import hf_adaptive_decoding  # noqa: F401  (patches generate)
+
+VOCAB = 128
+PAD, EOS, BOS = 0, 1, 2
+
+
+def make_tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A small random causal LM built in-process; same seed, same weights."""
+    torch.manual_seed(seed)
+    common = {"vocab_size": VOCAB, "pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": BOS}
+    if arch == "llama":
+        config = LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            **common,
+        )
+        model = LlamaForCausalLM(config)
+    elif arch == "qwen2":
+        config = Qwen2Config(
+            hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            **common,
+        )
+        model = Qwen2ForCausalLM(config)
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=40, n_layer=2, n_head=4, n_positions=128, **common)
+        model = GPT2LMHeadModel(config)
+    else:
+        raise ValueError(arch)
+    # Sharper next-token distributions than a random init gives, so that truncation actually truncates.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.generation_config.top_k = 50  # like many Hub models: must not be applied on top of the adapter
+    return model.eval()
+
+
+ARCHS = ["llama", "qwen2", "gpt2"]
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_model(request):
+    return make_tiny_model(request.param)
+
+
+@pytest.fixture
+def llama():
+    return make_tiny_model("llama")
+
+
+def left_padded_batch(seed: int = 0, lengths=(7, 4, 6)):
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.full((len(lengths), width), PAD)
+    attention_mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        input_ids[row, width - length :] = torch.randint(3, VOCAB, (length,), generator=generator)
+        attention_mask[row, width - length :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from hf_adaptive_decoding.default_model import load_default_model
+
+    return load_default_model()
+
+
+@pytest.fixture(scope="session")
+def math_prompts(default_model):
+    _, tokenizer = default_model
+    questions = ["What is 7 * 8?", "What is 23 + 19?", "What is 9 - 4?"]
+    conversations = [[{"role": "user", "content": f"{q} Put the final answer in \\boxed{{}}."}] for q in questions]
+    return tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    )

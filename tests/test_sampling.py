@@ -1,0 +1,108 @@
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from hf_adaptive_decoding import ACTION_PRESETS, ActionTransform, DecodingAction, NonFiniteLogitsError
+from hf_adaptive_decoding.sampling import check_logits_are_finite
+
+
+def transformers_reference(scores: torch.Tensor, action: DecodingAction) -> torch.Tensor:
+    """What generate() does for one static action: greedy = argmax; else its warpers, in its order."""
+    if not action.do_sample:
+        argmax = scores.argmax(-1, keepdim=True)
+        return torch.full_like(scores, -float("inf")).scatter(1, argmax, scores.gather(1, argmax))
+    warpers = LogitsProcessorList()
+    if action.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(action.temperature))
+    if action.top_k:
+        warpers.append(TopKLogitsWarper(action.top_k))
+    if action.top_p:
+        warpers.append(TopPLogitsWarper(action.top_p))
+    if action.min_p:
+        warpers.append(MinPLogitsWarper(action.min_p))
+    return warpers(None, scores)
+
+
+def logits(rows=16, vocab=2048, scale=4.0, seed=0):
+    # heavy-tailed logits like a real LM's: a few likely tokens, a long flat tail
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(rows, vocab, generator=generator) * scale
+    return base + torch.distributions.Gumbel(0.0, 2.0).sample((rows, vocab))
+
+
+@pytest.mark.parametrize("preset", sorted(ACTION_PRESETS))
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_every_preset_action_matches_transformers_warpers_exactly(preset, scale):
+    actions = ACTION_PRESETS[preset][1]()
+    transform = ActionTransform(actions)
+    scores = logits(scale=scale, seed=int(scale))
+    for index, action in enumerate(actions):
+        ours = transform(scores, torch.full((scores.shape[0],), index))
+        assert torch.equal(ours, transformers_reference(scores, action)), action.name
+
+
+@pytest.mark.parametrize("preset", ["math-seq", "mixed-seq", "code-seq", "math-token"])
+def test_rows_with_different_actions_in_one_batch(preset):
+    actions = ACTION_PRESETS[preset][1]()
+    transform = ActionTransform(actions)
+    scores = logits(rows=24, seed=3)
+    action_ids = torch.arange(24) % len(actions)
+    ours = transform(scores, action_ids)
+    for row in range(24):
+        expected = transformers_reference(scores[row : row + 1], actions[action_ids[row]])
+        assert torch.equal(ours[row : row + 1], expected), (row, actions[action_ids[row]].name)
+
+
+def test_full_default_vocabulary():
+    actions = ACTION_PRESETS["mixed-seq"][1]()
+    scores = logits(rows=4, vocab=49152, seed=5)
+    ours = ActionTransform(actions)(scores, torch.tensor([4, 3, 5, 0]))
+    for row, index in enumerate([4, 3, 5, 0]):
+        assert torch.equal(ours[row : row + 1], transformers_reference(scores[row : row + 1], actions[index]))
+
+
+def test_greedy_rows_keep_only_the_argmax_and_input_is_untouched():
+    scores = logits(rows=3)
+    before = scores.clone()
+    out = ActionTransform([DecodingAction(do_sample=False), DecodingAction(temperature=0.5)])(
+        scores, torch.tensor([0, 1, 0])
+    )
+    assert torch.equal(scores, before)
+    assert (torch.isfinite(out[0]).sum(), torch.isfinite(out[2]).sum()) == (1, 1)
+    assert out[0].argmax() == scores[0].argmax()
+    assert torch.isfinite(out[1]).all()
+
+
+def test_window_instead_of_full_sort_when_every_top_p_has_a_top_k():
+    assert ActionTransform(ACTION_PRESETS["math-token"][1]()).window == 0  # temperature only: no truncation at all
+    assert ActionTransform([DecodingAction(top_k=10, top_p=0.9), DecodingAction(top_k=50)]).window == 50
+    assert ActionTransform(ACTION_PRESETS["math-seq"][1]()).window is None  # top_p without top_k: full sort
+
+
+def test_min_p_alone_needs_no_window_and_matches():
+    actions = [DecodingAction(temperature=1.0, min_p=0.05), DecodingAction(temperature=0.3)]
+    transform = ActionTransform(actions)
+    assert not (transform.uses_top_k or transform.uses_top_p)
+    scores = logits(rows=8, scale=0.5)
+    for index, action in enumerate(actions):
+        assert torch.equal(transform(scores, torch.full((8,), index)), transformers_reference(scores, action))
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), "all-masked"])
+def test_invalid_rows_raise_a_clear_error(poison):
+    scores = logits(rows=4)
+    if poison == "all-masked":
+        scores[2] = -float("inf")
+    else:
+        scores[2, 7] = poison
+    scores[1, :100] = -float("inf")  # partially masked rows are fine
+    transform = ActionTransform(ACTION_PRESETS["math-token"][1]())
+    with pytest.raises(NonFiniteLogitsError, match=r"row\(s\) \[2\] at generation step 3"):
+        check_logits_are_finite(scores, step=3)
+    transform(scores[:2], torch.tensor([1, 2]))  # the valid rows transform without error
