@@ -1,3 +1,8 @@
+import os
+
+# No hub is reachable here or in CI; without this, huggingface_hub waits for network timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 from transformers import (

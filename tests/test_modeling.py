@@ -85,7 +85,7 @@ def test_push_to_hub_commits_the_safetensors_folder(llama, monkeypatch):
         lambda self, repo_id, operations, **kw: commits.append((repo_id, sorted(op.path_in_repo for op in operations))),
     )
     AutoDecodingAdapter.for_model(llama).push_to_hub("user/tiny-adapter")
-    assert commits == [("user/tiny-adapter", ["config.json", "model.safetensors"])]
+    assert commits == [("user/tiny-adapter", ["README.md", "config.json", "model.safetensors"])]
 
 
 @pytest.mark.parametrize("other_arch", ["qwen2", "gpt2"])
