@@ -4,6 +4,7 @@ Importing this package makes every transformers model's `generate` accept `decod
 """
 
 from .configuration import ACTION_PRESETS, AdaptiveDecodingConfig, DecodingAction, candidate_pool
+from .default_model import load_default_model
 from .generation import AdaptiveDecodingProcessor, AdaptiveGenerateOutput, adaptive_generate, patch_generate
 from .modeling import (
     AutoDecodingAdapter,
@@ -33,5 +34,6 @@ __all__ = [
     "NonFiniteLogitsError",
     "adaptive_generate",
     "candidate_pool",
+    "load_default_model",
     "patch_generate",
 ]

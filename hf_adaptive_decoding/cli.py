@@ -15,7 +15,18 @@ from .configuration import ACTION_PRESETS
 from .default_model import default_model_revision, load_default_model
 from .modeling import AutoDecodingAdapter, DecodingAdapterModel
 
-ACTION_COLORS = ["bright_blue", "green", "yellow", "red", "magenta", "cyan", "bright_green", "orange3", "purple", "blue"]
+ACTION_COLORS = [
+    "bright_blue",
+    "green",
+    "yellow",
+    "red",
+    "magenta",
+    "cyan",
+    "bright_green",
+    "orange3",
+    "purple",
+    "blue",
+]
 CONFIDENT = 0.95  # the paper's mask threshold: above it, the action rarely changes the sampled token
 
 
@@ -39,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _render(tokenizer, token_ids, actions, max_probs, action_names) -> Text:
     text = Text()
-    for token_id, action, max_prob in zip(token_ids, actions, max_probs):
+    for token_id, action, max_prob in zip(token_ids, actions, max_probs, strict=False):
         if action < 0:
             break
         piece = tokenizer.decode([token_id], skip_special_tokens=True)
@@ -107,7 +118,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         console.rule(f"prompt {prompt_index}: {args.prompt[prompt_index][:60]}")
         chosen = actions[row].tolist()
         console.print(
-            _render(tokenizer, out.sequences[row, prompt_length:].tolist(), chosen, max_probs[row].tolist(), action_names)
+            _render(
+                tokenizer, out.sequences[row, prompt_length:].tolist(), chosen, max_probs[row].tolist(), action_names
+            )
         )
         used = [a for a in chosen if a >= 0]
         counts = ", ".join(f"[{i}] {used.count(i)}" for i in range(len(action_names)) if used.count(i))

@@ -54,11 +54,15 @@ class DecodingAction:
         if self.top_p is not None:
             _check_number("top_p", self.top_p)
             if not 0.0 < self.top_p <= 1.0:
-                raise ValueError(f"DecodingAction.top_p must be in (0, 1] (1 or None switches it off), got {self.top_p}.")
+                raise ValueError(
+                    f"DecodingAction.top_p must be in (0, 1] (1 or None switches it off), got {self.top_p}."
+                )
         if self.min_p is not None:
             _check_number("min_p", self.min_p)
             if not 0.0 <= self.min_p < 1.0:
-                raise ValueError(f"DecodingAction.min_p must be in [0, 1) (0 or None switches it off), got {self.min_p}.")
+                raise ValueError(
+                    f"DecodingAction.min_p must be in [0, 1) (0 or None switches it off), got {self.min_p}."
+                )
         if not self.do_sample:
             if any(value is not None for value in (self.top_k, self.top_p, self.min_p)) and self.is_truncating:
                 raise ValueError(
@@ -233,7 +237,9 @@ class AdaptiveDecodingConfig:
         if isinstance(self.budget_scale, bool) or not isinstance(self.budget_scale, (int, float)):
             raise ValueError(f"AdaptiveDecodingConfig.budget_scale must be a number > 0, got {self.budget_scale!r}.")
         if not self.budget_scale > 0 or not math.isfinite(self.budget_scale):
-            raise ValueError(f"AdaptiveDecodingConfig.budget_scale must be a finite number > 0, got {self.budget_scale}.")
+            raise ValueError(
+                f"AdaptiveDecodingConfig.budget_scale must be a finite number > 0, got {self.budget_scale}."
+            )
         self.budget_scale = float(self.budget_scale)
         if self.prompt_pooling not in PROMPT_POOLINGS:
             raise ValueError(

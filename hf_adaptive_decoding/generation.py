@@ -153,7 +153,9 @@ def _eos_token_ids(generation_config: GenerationConfig) -> list[int]:
     eos = generation_config.eos_token_id
     if eos is None:
         return []
-    return [int(e) for e in (eos.tolist() if isinstance(eos, torch.Tensor) else eos if isinstance(eos, list) else [eos])]
+    return [
+        int(e) for e in (eos.tolist() if isinstance(eos, torch.Tensor) else eos if isinstance(eos, list) else [eos])
+    ]
 
 
 def _check_adapter(model: PreTrainedModel, adapter: Any, sampling_budget: int | None) -> None:
@@ -193,7 +195,11 @@ def generate(
 ):
     """`GenerationMixin.generate`, plus `decoding_adapter=`, `sampling_budget=` and `deterministic=` (see README)."""
     if kwargs.get("custom_generate") is not None:  # e.g. custom_generate=adaptive_generate: it takes our arguments
-        ours = {"decoding_adapter": decoding_adapter, "sampling_budget": sampling_budget, "deterministic": deterministic}
+        ours = {
+            "decoding_adapter": decoding_adapter,
+            "sampling_budget": sampling_budget,
+            "deterministic": deterministic,
+        }
         kwargs.update({key: value for key, value in ours.items() if value not in (None, False)})
         return _original_generate(self, inputs, generation_config, logits_processor, *args, **kwargs)
     if decoding_adapter is None:
@@ -261,7 +267,9 @@ def adaptive_generate(
         raise ValueError("custom_generate=adaptive_generate needs a `decoding_adapter=` argument.")
     _check_adapter(model, decoding_adapter, sampling_budget)
     if generation_config.num_beams != 1:
-        raise ValueError(f"decoding_adapter= does not work with beam search (num_beams={generation_config.num_beams}).")
+        raise ValueError(
+            f"decoding_adapter= does not work with beam search (num_beams={generation_config.num_beams})."
+        )
     if streamer is None:
         # transformers <= 5.23 drops `streamer` and `synced_gpus` for custom_generate callables (it keeps only the
         # callable's extra arguments), so we read them from the calling generate() frame when it is there.
@@ -298,5 +306,5 @@ def adaptive_generate(
 
 
 def patch_generate() -> None:
-    """Make every transformers model's `generate` accept `decoding_adapter=` (done on `import hf_adaptive_decoding`)."""
+    """Make every transformers model's `generate` accept `decoding_adapter=`; `import hf_adaptive_decoding` does it."""
     GenerationMixin.generate = generate

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
@@ -78,7 +78,9 @@ class DecodingAdapterConfig(PreTrainedConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecodingAdapterConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.base_model_vocab_size is not None and self.base_model_vocab_size < 1:
-            raise ValueError(f"DecodingAdapterConfig.base_model_vocab_size must be >= 1, got {self.base_model_vocab_size}.")
+            raise ValueError(
+                f"DecodingAdapterConfig.base_model_vocab_size must be >= 1, got {self.base_model_vocab_size}."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DecodingAdapterConfig.dropout must be in [0, 1), got {self.dropout}.")
         if self.hidden_act not in ACT2FN:
@@ -145,7 +147,9 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
         in_features = config.base_model_hidden_size
         if self.budget_feature is not None:
             self.budget_encoder = nn.Sequential(
-                nn.Linear(1, config.budget_hidden_size), act, nn.Linear(config.budget_hidden_size, config.budget_hidden_size)
+                nn.Linear(1, config.budget_hidden_size),
+                act,
+                nn.Linear(config.budget_hidden_size, config.budget_hidden_size),
             )
             in_features += config.budget_hidden_size
         layers: list[nn.Module] = []
@@ -273,7 +277,9 @@ class AutoDecodingAdapter:
         """
         path = str(pretrained_model_name_or_path)
         if (os.path.isabs(path) or path.startswith(".") or os.sep * 2 in path) and not os.path.isdir(path):
-            raise FileNotFoundError(f"No adapter folder at {path!r} (looked for a local folder: the path is not a Hub id).")
+            raise FileNotFoundError(
+                f"No adapter folder at {path!r} (looked for a local folder: the path is not a Hub id)."
+            )
         hub_kwargs = {
             key: kwargs[key]
             for key in ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
@@ -281,7 +287,9 @@ class AutoDecodingAdapter:
         }
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         model_class = cls._model_class(config)
-        return model_class.from_pretrained(pretrained_model_name_or_path, config=config, use_safetensors=True, **kwargs)
+        return model_class.from_pretrained(
+            pretrained_model_name_or_path, config=config, use_safetensors=True, **kwargs
+        )
 
     @classmethod
     def for_model(

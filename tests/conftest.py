@@ -26,13 +26,21 @@ def make_tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
     common = {"vocab_size": VOCAB, "pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": BOS}
     if arch == "llama":
         config = LlamaConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
             **common,
         )
         model = LlamaForCausalLM(config)
     elif arch == "qwen2":
         config = Qwen2Config(
-            hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
             **common,
         )
         model = Qwen2ForCausalLM(config)

@@ -104,6 +104,10 @@ def test_budget_scale_defaults_by_level():
 def test_generation_kwargs_reproduce_the_action():
     action = DecodingAction(temperature=0.75, top_p=0.9, min_p=0.1)
     assert action.to_generation_kwargs() == {
-        "do_sample": True, "temperature": 0.75, "top_k": 0, "top_p": 0.9, "min_p": 0.1,
+        "do_sample": True,
+        "temperature": 0.75,
+        "top_k": 0,
+        "top_p": 0.9,
+        "min_p": 0.1,
     }
     assert DecodingAction(do_sample=False).to_generation_kwargs() == {"do_sample": False}

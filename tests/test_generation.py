@@ -71,14 +71,15 @@ ids = torch.arange(3, 10)[None].repeat(2, 1)
 greedy = model.generate(ids, do_sample=False, max_new_tokens=10)
 torch.manual_seed(7)
 sampled = model.generate(ids, do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=10)
-print(json.dumps([greedy.tolist(), sampled.tolist()]))
+print(json.dumps([greedy.tolist(), sampled.tolist(), "hf_adaptive_decoding" in sys.modules]))
 """
     runs = [
         subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
         for mode in ("plain", "import")
     ]
     plain, patched = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
-    assert plain == patched
+    assert (plain[2], patched[2]) == (False, True)
+    assert plain[:2] == patched[:2]
 
 
 def test_token_level_outputs_actions_probs_and_budget(tiny_model, monkeypatch):
@@ -114,7 +115,10 @@ def test_sequence_level_one_action_per_prompt_shared_by_its_samples(tiny_model, 
     calls = spy_on_policy(adapter, monkeypatch)
     torch.manual_seed(0)
     out = tiny_model.generate(
-        **left_padded_batch(), decoding_adapter=adapter, num_return_sequences=4, max_new_tokens=6,
+        **left_padded_batch(),
+        decoding_adapter=adapter,
+        num_return_sequences=4,
+        max_new_tokens=6,
         return_dict_in_generate=True,
     )
     assert len(calls) == 1  # chosen once, at the first step
@@ -145,12 +149,20 @@ def test_seeded_runs_reproduce_and_deterministic_takes_the_argmax(llama):
     runs = []
     for _ in range(2):
         torch.manual_seed(3)
-        runs.append(llama.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=8,
-                                   return_dict_in_generate=True))
+        runs.append(
+            llama.generate(
+                **left_padded_batch(), decoding_adapter=adapter, max_new_tokens=8, return_dict_in_generate=True
+            )
+        )
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     assert torch.equal(runs[0].decoding_actions, runs[1].decoding_actions)
-    out = llama.generate(**left_padded_batch(), decoding_adapter=adapter, deterministic=True, max_new_tokens=8,
-                         return_dict_in_generate=True)
+    out = llama.generate(
+        **left_padded_batch(),
+        decoding_adapter=adapter,
+        deterministic=True,
+        max_new_tokens=8,
+        return_dict_in_generate=True,
+    )
     valid = out.decoding_actions >= 0
     assert torch.equal(out.decoding_actions[valid], out.decoding_action_probs.argmax(-1)[valid])
 
@@ -158,8 +170,9 @@ def test_seeded_runs_reproduce_and_deterministic_takes_the_argmax(llama):
 def test_rows_get_different_actions_in_one_batch(llama):
     adapter = AutoDecodingAdapter.for_model(llama, "math-token").eval()
     torch.manual_seed(0)
-    out = llama.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=16,
-                         return_dict_in_generate=True)
+    out = llama.generate(
+        **left_padded_batch(), decoding_adapter=adapter, max_new_tokens=16, return_dict_in_generate=True
+    )
     assert len(out.decoding_actions[:, 0].unique()) > 1 or len(out.decoding_actions[0].unique()) > 1
     assert set(out.decoding_actions.unique().tolist()) <= {-1, 0, 1, 2, 3}
 
@@ -176,13 +189,23 @@ def test_eos_and_stopping_criteria(llama):
     adapter = forced_adapter(llama, TOKEN_ACTIONS, 0)
     plain = llama.generate(**left_padded_batch(), do_sample=False, max_new_tokens=10)
     eos = int(plain[0, 9])  # make the 3rd generated token of row 0 its EOS
-    out = llama.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=10, eos_token_id=eos,
-                         pad_token_id=0, return_dict_in_generate=True)
+    out = llama.generate(
+        **left_padded_batch(),
+        decoding_adapter=adapter,
+        max_new_tokens=10,
+        eos_token_id=eos,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+    )
     first_eos = int((out.sequences[0, 7:] == eos).nonzero()[0])
     assert (out.decoding_actions[0, first_eos + 1 :] == -1).all()
     assert (out.decoding_actions[0, : first_eos + 1] == 0).all()
-    stopped = llama.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=10,
-                             stopping_criteria=StoppingCriteriaList([StopAfter(11)]))
+    stopped = llama.generate(
+        **left_padded_batch(),
+        decoding_adapter=adapter,
+        max_new_tokens=10,
+        stopping_criteria=StoppingCriteriaList([StopAfter(11)]),
+    )
     assert stopped.shape[1] == 11
 
 
@@ -204,8 +227,9 @@ def test_user_logits_processors_and_repetition_penalty_still_apply(llama):
     assert not torch.equal(ours, llama.generate(**inputs, decoding_adapter=adapter, max_new_tokens=10))
     banned = int(plain[0, 8])
     ban = BanToken(banned)
-    out = llama.generate(**inputs, decoding_adapter=adapter, max_new_tokens=10,
-                         logits_processor=LogitsProcessorList([ban]))
+    out = llama.generate(
+        **inputs, decoding_adapter=adapter, max_new_tokens=10, logits_processor=LogitsProcessorList([ban])
+    )
     assert ban.calls == 10 and banned not in out[:, 7:].tolist()[0]
 
 
@@ -238,8 +262,15 @@ def test_custom_generate_route_matches_the_import_route(tiny_model):
     outputs = []
     for extra in ({}, {"custom_generate": adaptive_generate}):
         torch.manual_seed(11)
-        outputs.append(tiny_model.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=8,
-                                           return_dict_in_generate=True, **extra))
+        outputs.append(
+            tiny_model.generate(
+                **left_padded_batch(),
+                decoding_adapter=adapter,
+                max_new_tokens=8,
+                return_dict_in_generate=True,
+                **extra,
+            )
+        )
     assert torch.equal(outputs[0].sequences, outputs[1].sequences)
     assert torch.equal(outputs[0].decoding_actions, outputs[1].decoding_actions)
 
@@ -292,8 +323,12 @@ class Poison(LogitsProcessor):
 def test_nan_logits_raise_a_clear_error(llama):
     adapter = AutoDecodingAdapter.for_model(llama, "math-token")
     with pytest.raises(NonFiniteLogitsError, match=r"row\(s\) \[1\] at generation step 0"):
-        llama.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=3,
-                       logits_processor=LogitsProcessorList([Poison()]))
+        llama.generate(
+            **left_padded_batch(),
+            decoding_adapter=adapter,
+            max_new_tokens=3,
+            logits_processor=LogitsProcessorList([Poison()]),
+        )
 
 
 def test_default_max_length_budget(llama, monkeypatch):
@@ -307,7 +342,10 @@ def test_hook_is_removed_even_when_generation_fails(llama):
     adapter = AutoDecodingAdapter.for_model(llama, "math-token")
     decoder = llama.get_decoder()
     with pytest.raises(NonFiniteLogitsError):
-        llama.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=3,
-                       logits_processor=LogitsProcessorList([Poison()]))
+        llama.generate(
+            **left_padded_batch(),
+            decoding_adapter=adapter,
+            max_new_tokens=3,
+            logits_processor=LogitsProcessorList([Poison()]),
+        )
     assert not decoder._forward_hooks
-

@@ -52,7 +52,7 @@ def test_save_and_load_round_trip_is_safetensors_only(llama, tmp_path):
     for loader in (AutoDecodingAdapter.from_pretrained, AutoModel.from_pretrained):
         loaded = loader(tmp_path)
         assert isinstance(loaded, DecodingAdapterModel)
-        for (name, a), b in zip(adapter.state_dict().items(), loaded.state_dict().values()):
+        for (name, a), b in zip(adapter.state_dict().items(), loaded.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
     assert isinstance(AutoConfig.from_pretrained(tmp_path), DecodingAdapterConfig)
 
@@ -78,11 +78,15 @@ def test_push_to_hub_commits_the_safetensors_folder(llama, monkeypatch):
     import huggingface_hub
 
     commits = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)
+    )
     monkeypatch.setattr(
         huggingface_hub.HfApi,
         "create_commit",
-        lambda self, repo_id, operations, **kw: commits.append((repo_id, sorted(op.path_in_repo for op in operations))),
+        lambda self, repo_id, operations, **kw: commits.append(
+            (repo_id, sorted(op.path_in_repo for op in operations))
+        ),
     )
     AutoDecodingAdapter.for_model(llama).push_to_hub("user/tiny-adapter")
     assert commits == [("user/tiny-adapter", ["README.md", "config.json", "model.safetensors"])]

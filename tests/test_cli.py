@@ -1,0 +1,30 @@
+import pytest
+
+from hf_adaptive_decoding.cli import main
+
+
+@pytest.mark.slow
+def test_generate_shows_the_action_of_each_token(default_model, capsys):
+    assert main(["generate", "--prompt", "What is 7 * 8?", "--max-new-tokens", "16", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "untrained 'math-token' adapter" in out
+    assert "[0] greedy" in out and "[3] T=1.25" in out
+    assert "actions used:" in out
+
+
+@pytest.mark.slow
+def test_generate_sequence_level_batch_and_plain_streaming(default_model, tmp_path, capsys):
+    from hf_adaptive_decoding import AutoDecodingAdapter
+
+    model, _ = default_model
+    AutoDecodingAdapter.for_model(model, "mixed-seq").save_pretrained(tmp_path)
+    argv = ["generate", "--adapter", str(tmp_path), "--prompt", "Hi", "--prompt", "2+2?", "--max-new-tokens", "8"]
+    assert main(argv + ["--num-return-sequences", "2"]) == 0
+    assert capsys.readouterr().out.count("prompt 1:") == 2
+    assert main(argv[:5] + ["--max-new-tokens", "8", "--no-actions"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_bad_adapter_path_is_a_clean_error(capsys):
+    assert main(["generate", "--adapter", "/no/such/adapter", "--prompt", "hi", "--model", "/no/such/model"]) == 2
+    assert "error:" in capsys.readouterr().out
