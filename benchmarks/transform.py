@@ -1,6 +1,9 @@
 """Per-row action transform vs transformers' warper chain vs a per-row Python loop, on the default vocabulary.
 
-    python benchmarks/transform.py [--batch-sizes 32 256] [--repeats 20]
+    python benchmarks/transform.py [--batch-sizes 32 256] [--repeats 20] [--logits real|gaussian]
+
+By default the logits are real next-token logits of the default model (SmolLM2-135M-Instruct) sampling answers
+to arithmetic questions at T=1; `--logits gaussian` uses i.i.d. N(0, 3^2) logits, far flatter than a real LM's.
 
 The warper chain applies ONE action to all rows (what generate can do today); the loop applies each row's own
 action with transformers' warpers one row at a time (the obvious way to get per-row actions); ours applies each
@@ -53,14 +56,38 @@ def per_row_loop(scores, action_ids, chains, actions):
     return torch.cat(rows)
 
 
+def real_logits(rows: int, new_tokens: int = 48) -> torch.Tensor:
+    """`rows` next-token logit vectors recorded while the default model samples (32 prompts at a time)."""
+    from hf_adaptive_decoding.default_model import load_default_model
+
+    model, tokenizer = load_default_model()
+    questions = [f"What is {a} * {b}? Put the final answer in \\boxed{{}}." for a in range(3, 35) for b in (7, 12)]
+    collected = []
+    for start in range(0, max(rows // new_tokens, 1) * 32, 32):
+        conversations = [
+            [{"role": "user", "content": questions[i % len(questions)]}] for i in range(start, start + 32)
+        ]
+        inputs = tokenizer.apply_chat_template(
+            conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+        )
+        out = model.generate(
+            **inputs, do_sample=True, max_new_tokens=new_tokens, output_logits=True, return_dict_in_generate=True
+        )
+        collected += list(out.logits)
+    flat = torch.cat(collected).float()
+    return flat[torch.randperm(flat.shape[0])[:rows]]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--presets", nargs="+", default=["math-token", "mixed-seq", "math-seq"])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--logits", choices=["real", "gaussian"], default="real")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, vocabulary {VOCAB}")
+    pool = real_logits(max(args.batch_sizes)) if args.logits == "real" else None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, vocabulary {VOCAB}, {args.logits} logits")
     header = ["preset", "batch", "ours ms", "chain ms", "loop ms", "chain/ours", "loop/ours"]
     print(f"{header[0]:<11} " + " ".join(f"{h:>10}" for h in header[1:]))
     for preset in args.presets:
@@ -70,7 +97,7 @@ def main():
         # the heaviest single action for the chain: the one with the most truncation steps
         heaviest = max(range(len(actions)), key=lambda i: len(chains[i]))
         for batch in args.batch_sizes:
-            scores = torch.randn(batch, VOCAB) * 3
+            scores = pool[:batch].clone() if pool is not None else torch.randn(batch, VOCAB) * 3
             action_ids = torch.randint(0, len(actions), (batch,))
             variants = {
                 "ours": partial(transform, scores, action_ids),

@@ -25,7 +25,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .features import HiddenStateCapture
 from .modeling import DecodingAdapterModel
-from .sampling import ActionTransform, check_logits_are_finite
+from .sampling import ActionTransform
 
 # generate() arguments that choose a sampling strategy, with the values that switch transformers' own warper off.
 # With an adapter, the adapter owns sampling: these are forced to neutral, so nothing is applied on top of its choice.
@@ -120,7 +120,6 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
         if self.prompt_length is None:
             self.prompt_length = input_ids.shape[1]
         step = input_ids.shape[1] - self.prompt_length
-        check_logits_are_finite(scores, step)
         if self.adapter.level == "token":
             budget = torch.tensor(self.token_budget - step, device=scores.device)
             actions, probs = self.adapter.select_actions(self.capture.last, budget, self.deterministic)
@@ -132,7 +131,7 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
             actions, probs = self.adapter.select_actions(per_prompt, budget, self.deterministic)
             self.actions.append(actions.repeat_interleave(self.samples_per_prompt))
             self.probs.append(probs.repeat_interleave(self.samples_per_prompt, dim=0))
-        return self.transform(scores, self.actions[-1].to(scores.device))
+        return self.transform(scores, self.actions[-1].to(scores.device), step)
 
     def chosen(self, sequences: torch.LongTensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The recorded actions and probabilities, aligned with `sequences` (token level: -1 after a row's EOS)."""

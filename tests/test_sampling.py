@@ -9,7 +9,7 @@ from transformers.generation.logits_process import (
 )
 
 from hf_adaptive_decoding import ACTION_PRESETS, ActionTransform, DecodingAction, NonFiniteLogitsError
-from hf_adaptive_decoding.sampling import check_logits_are_finite
+from hf_adaptive_decoding.sampling import UNCONFINED_WINDOW, check_logits_are_finite
 
 
 def transformers_reference(scores: torch.Tensor, action: DecodingAction) -> torch.Tensor:
@@ -79,19 +79,36 @@ def test_greedy_rows_keep_only_the_argmax_and_input_is_untouched():
     assert torch.isfinite(out[1]).all()
 
 
-def test_window_instead_of_full_sort_when_every_top_p_has_a_top_k():
-    assert ActionTransform(ACTION_PRESETS["math-token"][1]()).window == 0  # temperature only: no truncation at all
+def test_window_sizes():
+    assert ActionTransform(ACTION_PRESETS["math-token"][1]()).window == 0  # greedy + temperature: no window at all
     assert ActionTransform([DecodingAction(top_k=10, top_p=0.9), DecodingAction(top_k=50)]).window == 50
-    assert ActionTransform(ACTION_PRESETS["math-seq"][1]()).window is None  # top_p without top_k: full sort
+    # top-p / min-p without top-k: look in the best UNCONFINED_WINDOW tokens first
+    assert ActionTransform(ACTION_PRESETS["math-seq"][1]()).window == UNCONFINED_WINDOW
 
 
-def test_min_p_alone_needs_no_window_and_matches():
+def test_min_p_without_top_k_matches():
     actions = [DecodingAction(temperature=1.0, min_p=0.05), DecodingAction(temperature=0.3)]
     transform = ActionTransform(actions)
-    assert not (transform.uses_top_k or transform.uses_top_p)
     scores = logits(rows=8, scale=0.5)
     for index, action in enumerate(actions):
         assert torch.equal(transform(scores, torch.full((8,), index)), transformers_reference(scores, action))
+
+
+def test_rows_whose_cut_is_beyond_the_window_fall_back_to_a_full_sort(monkeypatch):
+    """Flat rows have a nucleus of thousands of tokens: they are sorted, the peaked rows are not."""
+    actions = [DecodingAction(top_p=0.9), DecodingAction(temperature=1.25, top_p=0.95, min_p=0.001)]
+    transform = ActionTransform(actions)
+    scores = logits(rows=6, vocab=4096, scale=4.0)
+    scores[[1, 4]] *= 0.01  # nearly uniform rows
+    sorted_rows = []
+    original_sort = torch.sort
+    monkeypatch.setattr(torch, "sort", lambda x, **kw: sorted_rows.append(x.shape[0]) or original_sort(x, **kw))
+    action_ids = torch.tensor([0, 0, 1, 1, 1, 0])
+    out = transform(scores, action_ids)
+    assert sorted_rows == [2]
+    assert torch.isfinite(out[1]).sum() > UNCONFINED_WINDOW and torch.isfinite(out[4]).sum() > UNCONFINED_WINDOW
+    for row, index in enumerate(action_ids.tolist()):
+        assert torch.equal(out[row : row + 1], transformers_reference(scores[row : row + 1], actions[index])), row
 
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf"), "all-masked"])
