@@ -54,8 +54,11 @@ def main():
             "sequence": partial(model.generate, **common, decoding_adapter=adapters["sequence"]),
         }
         rates = {name: [] for name in variants}
+        names = list(variants)
         for round_index in range(args.rounds + 1):
-            for name, run in variants.items():
+            # rotate the order every round, so that no variant always runs first (or right after another)
+            for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
+                run = variants[name]
                 torch.manual_seed(round_index)
                 start = time.perf_counter()
                 out = run()

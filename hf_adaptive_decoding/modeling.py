@@ -158,6 +158,7 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
             in_features = config.adapter_hidden_size
         self.mlp = nn.Sequential(*layers)
         self.output_layer = nn.Linear(in_features, config.num_actions)
+        self.add_model_tags(["hf-adaptive-decoding", "decoding-adapter", f"{self.level}-level"])
         self.post_init()
 
     @property

@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_generate_recipe_with_a_config_file(default_model, tmp_path):
+    output = tmp_path / "out.jsonl"
+    command = [
+        sys.executable,
+        str(ROOT / "recipes" / "generate.py"),
+        "--config",
+        str(ROOT / "recipes/configs/generate.yaml"),
+        "--max_prompts",
+        "3",
+        "--max_new_tokens",
+        "6",
+        "--num_return_sequences",
+        "2",
+        "--output_file",
+        str(output),
+    ]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 6
+    assert records[0]["prompt"] == records[1]["prompt"] != records[2]["prompt"]
+    assert records[0]["action_names"] == ["greedy", "T=0.5", "T=1", "T=1.25"]
+    assert all(len(r["actions"]) <= 6 for r in records)
+
+
+def test_generate_recipe_rejects_an_empty_dataset(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "generate.py"), "--prompts_file", str(empty)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0
+    assert f"--prompts_file {str(empty)!r} is empty" in run.stderr
