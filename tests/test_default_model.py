@@ -132,3 +132,9 @@ print(json.dumps([greedy.tolist(), sampled.tolist(), "hf_adaptive_decoding" in s
     ]
     assert [r[2] for r in results] == [False, True]
     assert results[0][:2] == results[1][:2]
+
+
+def test_the_same_entry_point_loads_a_local_folder(default_model):
+    folder = default_model_module.default_model_cache_dir()
+    model, tokenizer = load_default_model(str(folder))
+    assert model.name_or_path == str(folder) and tokenizer.padding_side == "left" and not model.training
