@@ -168,6 +168,11 @@ def _check_adapter(model: PreTrainedModel, adapter: Any, sampling_budget: int | 
         raise ValueError(f"sampling_budget must be a positive int, got {sampling_budget!r}.")
     if sampling_budget is not None and sampling_budget < 1:
         raise ValueError(f"sampling_budget must be a positive int, got {sampling_budget}.")
+    if sampling_budget is not None and adapter.level != "sequence":
+        raise ValueError(
+            f"sampling_budget={sampling_budget} is the parallel budget of sequence-level adapters; this adapter is "
+            "token-level and reads the remaining token budget from max_new_tokens."
+        )
 
 
 def _with_actions(result: Any, processor: AdaptiveDecodingProcessor, generation_config: GenerationConfig) -> Any:

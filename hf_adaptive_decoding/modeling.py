@@ -183,7 +183,7 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
                 Raw budget: remaining tokens (token level) or parallel samples (sequence level). Required when the
                 adapter was configured with a `budget_feature`.
         """
-        features = self.feature_norm(hidden_states.to(self.dtype))
+        features = self.feature_norm(hidden_states.to(device=self.device, dtype=self.dtype))
         if self.budget_feature is not None:
             if budget is None:
                 raise ValueError(

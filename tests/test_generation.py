@@ -289,6 +289,7 @@ def test_return_dict_false_gives_plain_sequences(llama):
         ({"do_sample": False}, "do_sample"),
         ({"num_beams": 2}, "num_beams"),
         ({"sampling_budget": 0}, "sampling_budget"),
+        ({"sampling_budget": 4}, "token-level"),
         ({"decoding_adapter": "not an adapter"}, "DecodingAdapterModel"),
     ],
 )
