@@ -13,6 +13,7 @@ from .modeling import (
     DecodingAdapterOutput,
     IncompatibleBaseModelError,
 )
+from .prompting import encode_chat
 from .sampling import ActionTransform, NonFiniteLogitsError
 
 patch_generate()
@@ -34,6 +35,7 @@ __all__ = [
     "NonFiniteLogitsError",
     "adaptive_generate",
     "candidate_pool",
+    "encode_chat",
     "load_default_model",
     "patch_generate",
 ]

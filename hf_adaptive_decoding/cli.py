@@ -14,6 +14,7 @@ from transformers import TextStreamer, set_seed
 from .configuration import ACTION_PRESETS
 from .default_model import default_model_revision, load_default_model
 from .modeling import AutoDecodingAdapter, DecodingAdapterModel
+from .prompting import encode_chat
 
 ACTION_COLORS = [
     "bright_blue",
@@ -82,13 +83,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     assert isinstance(adapter, DecodingAdapterModel)
     action_names = adapter.decoding_config.action_names
 
-    conversations = [
-        ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": p}]
-        for p in args.prompt
-    ]
-    inputs = tokenizer.apply_chat_template(
-        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-    ).to(model.device)
+    inputs = encode_chat(tokenizer, args.prompt, args.system, device=model.device)
     prompt_length = inputs["input_ids"].shape[1]
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.no_actions else None
     out = model.generate(

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 from trl import TrlParser
 
-from hf_adaptive_decoding import AutoDecodingAdapter, load_default_model
+from hf_adaptive_decoding import AutoDecodingAdapter, encode_chat, load_default_model
 from hf_adaptive_decoding.default_model import default_model_revision
 
 
@@ -72,18 +72,11 @@ def main(args: GenerateArguments) -> None:
         adapter = AutoDecodingAdapter.for_model(model, args.preset, base_model_revision=revision)
     adapter.eval()
     action_names = adapter.decoding_config.action_names
-    system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
 
     with open(args.output_file, "w") as output:
         for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", unit="batch"):
             batch = prompts[start : start + args.batch_size]
-            inputs = tokenizer.apply_chat_template(
-                [system + [{"role": "user", "content": prompt}] for prompt in batch],
-                add_generation_prompt=True,
-                padding=True,
-                return_tensors="pt",
-                return_dict=True,
-            ).to(model.device)
+            inputs = encode_chat(tokenizer, batch, args.system_prompt, device=model.device)
             out = model.generate(
                 **inputs,
                 decoding_adapter=adapter,

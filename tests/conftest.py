@@ -15,6 +15,7 @@ from transformers import (
 )
 
 import hf_adaptive_decoding  # noqa: F401  (patches generate)
+from hf_adaptive_decoding import encode_chat
 
 VOCAB = 128
 PAD, EOS, BOS = 0, 1, 2
@@ -91,7 +92,4 @@ def default_model():
 def math_prompts(default_model):
     _, tokenizer = default_model
     questions = ["What is 7 * 8?", "What is 23 + 19?", "What is 9 - 4?"]
-    conversations = [[{"role": "user", "content": f"{q} Put the final answer in \\boxed{{}}."}] for q in questions]
-    return tokenizer.apply_chat_template(
-        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-    )
+    return encode_chat(tokenizer, [f"{q} Put the final answer in \\boxed{{}}." for q in questions])

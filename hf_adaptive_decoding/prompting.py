@@ -1,0 +1,35 @@
+"""Turn user messages into a left-padded batch through the model's own chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+
+def encode_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    user_messages: Sequence[str],
+    system_prompt: str | None = None,
+    device=None,
+) -> BatchEncoding:
+    """
+    One single-turn conversation per message, rendered by the tokenizer's chat template with the generation prompt
+    appended, padded on the tokenizer's side (left, for generation, with [`load_default_model`]).
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): a tokenizer with a chat template.
+        user_messages (`Sequence[str]`): the user turns, one per row.
+        system_prompt (`str`, *optional*): a system turn put before each user turn.
+        device (*optional*): where to put the tensors.
+    """
+    if isinstance(user_messages, str) or not user_messages:
+        raise ValueError(f"user_messages must be a non-empty list of strings, got {user_messages!r}.")
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no chat template; use a chat/instruct model's tokenizer.")
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    conversations = [system + [{"role": "user", "content": message}] for message in user_messages]
+    encoded = tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    )
+    return encoded.to(device) if device is not None else encoded
