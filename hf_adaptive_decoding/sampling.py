@@ -103,13 +103,16 @@ class ActionTransform:
         """
         table = {name: values[action_ids] for name, values in self._table(scores.device).items()}
         row_max = scores.amax(dim=-1)
-        out = scores / table["temperature"].to(scores.dtype)[:, None]
+        temperature = table["temperature"][:, None]
+        if scores.dtype in (torch.float16, torch.bfloat16):  # as transformers: divide in float32, round once
+            out = (scores.float() / temperature).to(scores.dtype)
+        else:
+            out = scores / temperature.to(scores.dtype)
         if not self.truncates:
             check_logits_are_finite(scores, step)
             return out
-        # Division by a positive number is monotone, so the scaled row max is the max of the scaled row.
-        out_max = row_max / table["temperature"].to(scores.dtype)
-        threshold, undetermined = self._thresholds(out, out_max, table)
+        scaled = out
+        out, undetermined = self._truncate(scaled, table)
         # One host sync per step, for both questions: any invalid row? any row whose cut lies beyond its window?
         invalid, needs_sort = torch.stack([~torch.isfinite(row_max).all(), undetermined.any()]).tolist()
         if invalid:
@@ -117,61 +120,82 @@ class ActionTransform:
         if needs_sort:
             rows = undetermined.nonzero().flatten()
             sub_table = {name: values[rows] for name, values in table.items()}
-            threshold[rows] = self._thresholds(out[rows], out_max[rows], sub_table, full_sort=True)[0]
-        # torch.where with a 0-d fill value is the cheapest exact way to do this on CPU (masked_fill copies first).
-        return torch.where(out < threshold[:, None], out.new_tensor(-float("inf")), out)
+            out[rows] = self._truncate(scaled[rows], sub_table, full_sort=True)[0]
+        return out
 
-    def _thresholds(
-        self, out: torch.Tensor, out_max: torch.Tensor, table: dict, full_sort: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _truncate(self, out: torch.Tensor, table: dict, full_sort: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Each row's smallest kept logit (tokens below it are filtered), and whether the row's cut could not be
-        decided within its window. Kept tokens always form a prefix of the row's descending order: top-k keeps
-        `k`, top-p the tokens before the cumulative mass reaches `top_p`, min-p those with `p >= min_p * p_max`.
+        Apply each row's truncation to the (temperature-scaled) logits `out`, and say which rows could not be
+        decided within their window (their result is then wrong and must be recomputed with `full_sort=True`).
+
+        Kept tokens are a prefix of the row's descending order, cut as transformers cuts: top-k and min-p by value
+        (tokens tied with the boundary all stay), top-p by position in the sorted order, greedy at the first argmax.
         """
-        no_threshold = torch.full_like(out_max, -float("inf"))
-        if self.window == 0:  # greedy is the only truncation: no window needed
-            return torch.where(table["greedy"], out_max, no_threshold), torch.zeros_like(table["greedy"])
+        minus_inf = out.new_tensor(-float("inf"))
+        greedy, top_k, min_p = table["greedy"], table["top_k"], table["min_p"]
+        has_top_p = table["one_minus_top_p"] > 0
+        truncating = (top_k > 0) | has_top_p | (min_p > 0)
+        undetermined = torch.zeros_like(greedy)
+        threshold = torch.where(greedy, float("inf"), -float("inf")).to(out.dtype)  # greedy: remove all, see below
         vocab_size = out.shape[-1]
-        if full_sort or self.window >= vocab_size:
-            window = torch.sort(out, dim=-1, descending=True).values
-        else:
-            window = torch.topk(out, self.window, dim=-1).values
-        width = window.shape[-1]
-        complete = width == vocab_size
-        top_k = table["top_k"]
-        confined = (top_k > 0) | complete  # the row's whole distribution is inside its window
-        keep = torch.where(top_k > 0, top_k.clamp(max=width), width)
-        position = torch.arange(width, device=out.device)
-        no_cut = torch.zeros_like(confined)  # whether a cut was found inside the window
-        if self.uses_top_p or self.uses_min_p:
-            window = window.masked_fill(position >= keep[:, None], -float("inf"))
-            exp = torch.exp(window - out_max[:, None])
-        if self.uses_top_p:
-            # transformers: remove tokens whose ascending cumulative probability is <= 1 - top_p. With p in
-            # descending order, the ascending cumulative mass at position j is 1 - (mass strictly before j).
-            total = exp.sum(dim=-1)
-            if self.unconfined and not complete:
-                full_total = torch.exp(out - out_max[:, None]).sum(dim=-1)
-                total = torch.where(confined, total, full_total)
-            probs = (exp / total[:, None]).double()
-            ascending_mass = (1.0 - (probs.cumsum(dim=-1) - probs)).float()
-            one_minus_top_p = table["one_minus_top_p"]
-            removed = ascending_mass <= one_minus_top_p.to(ascending_mass.dtype)[:, None]
-            kept = (~removed).sum(dim=-1).clamp(min=1)  # the most likely token always stays
-            has_top_p = one_minus_top_p > 0
-            keep = torch.where(has_top_p, torch.minimum(keep, kept), keep)
-            no_cut |= has_top_p & (kept < width)
-        if self.uses_min_p:
-            # p_i >= min_p * p_max  <=>  exp(x_i - x_max) >= min_p (the normaliser cancels)
-            min_p = table["min_p"]
-            kept = (exp >= min_p.to(exp.dtype)[:, None]).sum(dim=-1).clamp(min=1)
-            has_min_p = min_p > 0
-            keep = torch.where(has_min_p, torch.minimum(keep, kept), keep)
-            no_cut |= has_min_p & (kept < width)
-        threshold = window.gather(1, (keep - 1)[:, None]).squeeze(1)
-        truncating = (top_k > 0) | (table["one_minus_top_p"] > 0) | (table["min_p"] > 0)
-        threshold = torch.where(truncating, threshold, no_threshold)
-        threshold = torch.where(table["greedy"], out_max, threshold)
-        undetermined = truncating & ~table["greedy"] & ~confined & ~no_cut
-        return threshold, undetermined
+        if self.window > 0:
+            complete = full_sort or self.window + 1 >= vocab_size
+            if complete:
+                window, indices = torch.sort(out, dim=-1, descending=True)
+            else:  # one extra slot, to see whether a tie at a boundary continues past the window
+                window, indices = torch.topk(out, self.window + 1, dim=-1)
+            width = window.shape[-1]
+            position = torch.arange(width, device=out.device)
+            last = window[:, -1:]
+            # top-k keeps every token tied with the k-th (transformers compares values)
+            kth = window.gather(1, (top_k.clamp(min=1, max=width) - 1)[:, None])
+            kth = torch.where(top_k[:, None] > 0, kth, minus_inf)
+            window = torch.where(window < kth, minus_inf, window)
+            keep = (window > -float("inf")).sum(dim=-1)
+            # A top-k row is decided when its whole top-k set (ties included) is inside the window: its top-p and
+            # min-p cuts then are too. A row without top-k is decided when its top-p or min-p cut is inside.
+            top_k_inside = complete | (last < kth).squeeze(1)
+            cut_inside = torch.zeros_like(greedy)
+            if self.uses_top_p or self.uses_min_p:
+                exp = torch.exp(window - window[:, :1])
+            if self.uses_top_p:
+                keep_p = self._top_p_keep(out, window, exp, table, top_k > 0, complete)
+                keep = torch.where(has_top_p, torch.minimum(keep, keep_p), keep)
+                # transformers removes by position: tokens tied with the boundary but after it go too
+                positional = has_top_p & (keep == keep_p)
+                boundary_p = window.gather(1, (keep_p - 1)[:, None])
+                cut_inside |= has_top_p & (keep_p < width) & (complete | (last < boundary_p).squeeze(1))
+            if self.uses_min_p:
+                # p_i >= min_p * p_max  <=>  exp(x_i - x_max) >= min_p: the normaliser cancels
+                keep_m = (exp >= min_p.to(exp.dtype)[:, None]).sum(dim=-1).clamp(min=1)
+                keep = torch.where(min_p > 0, torch.minimum(keep, keep_m), keep)
+                cut_inside |= (min_p > 0) & (keep_m < width)
+            decided = torch.where(top_k > 0, top_k_inside, cut_inside)
+            boundary = window.gather(1, (keep.clamp(min=1) - 1)[:, None]).squeeze(1)
+            threshold = torch.where(truncating & ~greedy, boundary, threshold)
+            undetermined = truncating & ~greedy & ~decided
+        result = torch.where(out < threshold[:, None], minus_inf, out)
+        if self.window > 0 and self.uses_top_p:
+            at_window = result.gather(1, indices)
+            beyond_cut = positional[:, None] & (position >= keep[:, None])
+            result.scatter_(1, indices, torch.where(beyond_cut, minus_inf, at_window))
+        if self.uses_greedy:
+            argmax = out.argmax(dim=-1, keepdim=True)
+            kept = torch.where(greedy[:, None], out.gather(1, argmax), result.gather(1, argmax))
+            result.scatter_(1, argmax, kept)
+        return result, undetermined
+
+    def _top_p_keep(self, out, window, exp, table, has_top_k, complete) -> torch.Tensor:
+        """How many of the window's tokens top-p keeps (the window's width when its cut lies beyond it)."""
+        total = exp.sum(dim=-1)
+        outside = torch.zeros_like(total, dtype=torch.float64)
+        if self.unconfined and not complete:  # rows without top-k: the normaliser runs over the whole vocabulary
+            full_total = torch.exp(out - window[:, :1]).sum(dim=-1)
+            outside = torch.where(has_top_k, outside, ((full_total - total) / full_total).double())
+            total = torch.where(has_top_k, total, full_total)
+        probs = (exp / total[:, None]).double()
+        # transformers sums the sorted probabilities in ascending order and removes the tokens whose cumulative
+        # mass is <= 1 - top_p; the same sum here runs from the window's end, plus the mass beyond the window.
+        ascending = (probs.flip(-1).cumsum(-1).flip(-1) + outside[:, None]).float()
+        removed = ascending <= table["one_minus_top_p"].to(ascending.dtype)[:, None]
+        return (~removed).sum(dim=-1).clamp(min=1)  # the most likely token always stays

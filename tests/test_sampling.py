@@ -123,3 +123,48 @@ def test_invalid_rows_raise_a_clear_error(poison):
     with pytest.raises(NonFiniteLogitsError, match=r"row\(s\) \[2\] at generation step 3"):
         check_logits_are_finite(scores, step=3)
     transform(scores[:2], torch.tensor([1, 2]))  # the valid rows transform without error
+
+
+def kept(logits: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(logits).sum(dim=-1)
+
+
+@pytest.mark.parametrize(
+    "row, action, expected",
+    [
+        ([2.0, 1.0, 1.0, 1.0, 0.0], DecodingAction(top_p=0.6), 2),  # top-p cuts by position, inside a tie
+        ([3.0, 1.0, 1.0, 1.0], DecodingAction(top_k=2, top_p=0.8), 2),  # top-k keeps the tie, top-p then cuts it
+        ([3.0, 1.0, 1.0, 1.0], DecodingAction(top_k=2), 4),  # top-k alone keeps every token tied with the k-th
+        ([1.0, 3.0, 3.0, 0.0], DecodingAction(do_sample=False), 1),  # greedy: the first argmax only
+    ],
+)
+def test_ties_are_cut_as_transformers_cuts_them(row, action, expected):
+    scores = torch.tensor([row])
+    ours = ActionTransform([action, DecodingAction(temperature=0.5, top_k=50)])(scores, torch.tensor([0]))
+    assert kept(ours).item() == kept(transformers_reference(scores, action)).item() == expected
+    if not action.do_sample:
+        assert torch.isfinite(ours[0, 1]) and not torch.isfinite(ours[0, 2])
+
+
+def test_bf16_like_logits_keep_as_many_tokens_as_transformers():
+    """bf16 models give fp32 logits with many exact ties; ties beyond a top-k window trigger the full sort."""
+    scores = logits(rows=32, vocab=4096, scale=2.0, seed=9).bfloat16().float()
+    actions = [
+        DecodingAction(top_p=0.9),
+        DecodingAction(top_p=0.95),
+        DecodingAction(temperature=1.25, top_k=50, top_p=0.9),
+    ]
+    transform = ActionTransform(actions)
+    for index, action in enumerate(actions):
+        ours = transform(scores, torch.full((32,), index))
+        reference = transformers_reference(scores, action)
+        assert torch.equal(kept(ours), kept(reference)), action.name
+        # the kept sets may differ only in which of several exactly tied tokens survive
+        torch.testing.assert_close(ours.softmax(-1).sort(-1).values, reference.softmax(-1).sort(-1).values)
+
+
+def test_half_precision_temperature_divides_like_transformers():
+    scores = logits(rows=4, vocab=512).bfloat16()
+    ours = ActionTransform([DecodingAction(temperature=0.3)])(scores, torch.zeros(4, dtype=torch.long))
+    assert ours.dtype == torch.bfloat16
+    assert torch.equal(ours, TemperatureLogitsWarper(0.3)(None, scores))
