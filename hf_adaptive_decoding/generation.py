@@ -311,8 +311,10 @@ def adaptive_generate(
     The same adaptive decoding through transformers' own `custom_generate=` mechanism, without relying on the
     import-time patch: `model.generate(**inputs, custom_generate=adaptive_generate, decoding_adapter=adapter)`.
 
-    transformers' own warpers (from the model's generation config or generate() arguments) are removed so that
-    nothing is applied on top of the adapter's choice.
+    As with the patched `generate`: sampling settings you ask for are refused, the warpers generate built from the
+    model's own sampling defaults are replaced by the adapter's action, and warpers you pass yourself in
+    `logits_processor=` stay (they run before it). With `num_return_sequences > 1` also pass `do_sample=True`:
+    transformers validates the call as greedy search before handing it over.
     """
     if decoding_adapter is None:
         raise ValueError("custom_generate=adaptive_generate needs a `decoding_adapter=` argument.")

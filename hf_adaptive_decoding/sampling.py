@@ -51,9 +51,12 @@ class ActionTransform:
     found in a descending window of the row's best tokens (`torch.topk`), and applied in a single pass over the
     vocabulary; a full sort happens only for rows whose cut does not fall inside their window.
 
-    Differences from transformers are at float-rounding level only: the top-p cumulative mass is summed in another
-    order (a token lying within rounding error of the top-p boundary may fall on the other side), and a greedy row
-    whose maximum logit is tied between tokens samples among them where `argmax` takes the first.
+    Ties are cut as transformers cuts them: top-k and min-p keep every token tied with the boundary, top-p cuts by
+    position in the sorted order (which of several exactly tied tokens survives depends on sort order, as in
+    transformers), greedy keeps the first argmax. The one remaining difference is float rounding: for top-p without
+    top-k the cumulative mass is summed in another order than transformers' full sort, so a token within rounding
+    error of the nucleus boundary can fall on the other side. Half-precision scores are divided in float32 like
+    transformers does, but top-p then sums in higher precision than transformers' half-precision warpers.
 
     Args:
         actions (`Sequence[DecodingAction]`):
