@@ -186,6 +186,11 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
                 Raw budget: remaining tokens (token level) or parallel samples (sequence level). Required when the
                 adapter was configured with a `budget_feature`.
         """
+        if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.config.base_model_hidden_size:
+            raise ValueError(
+                f"hidden_states must have shape (batch, {self.config.base_model_hidden_size}), the base model's "
+                f"hidden size; got {tuple(hidden_states.shape)}."
+            )
         features = self.feature_norm(hidden_states.to(device=self.device, dtype=self.dtype))
         if self.budget_feature is not None:
             if budget is None:

@@ -65,6 +65,8 @@ class ActionTransform:
 
     def __init__(self, actions: Sequence[DecodingAction]):
         self.actions = list(actions)
+        if not self.actions or not all(isinstance(a, DecodingAction) for a in self.actions):
+            raise ValueError(f"ActionTransform needs a non-empty list of DecodingAction, got {actions!r}.")
         self.uses_greedy = any(not a.do_sample for a in self.actions)
         self.uses_top_p = any(a.top_p for a in self.actions)
         self.uses_min_p = any(a.min_p for a in self.actions)

@@ -137,3 +137,9 @@ def test_policy_temperature_sharpens(llama):
     cold = adapter(hidden, budget).logits
     adapter.policy_temperature = 1.0
     torch.testing.assert_close(cold * 0.1, adapter(hidden, budget).logits)
+
+
+def test_features_of_the_wrong_width_are_refused(llama):
+    adapter = AutoDecodingAdapter.for_model(llama, "math-token")
+    with pytest.raises(ValueError, match=r"\(batch, 32\).*\(2, 48\)"):
+        adapter(torch.randn(2, 48), budget=torch.tensor(3))

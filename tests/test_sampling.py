@@ -168,3 +168,9 @@ def test_half_precision_temperature_divides_like_transformers():
     ours = ActionTransform([DecodingAction(temperature=0.3)])(scores, torch.zeros(4, dtype=torch.long))
     assert ours.dtype == torch.bfloat16
     assert torch.equal(ours, TemperatureLogitsWarper(0.3)(None, scores))
+
+
+@pytest.mark.parametrize("actions", [[], ["greedy"]])
+def test_bad_action_lists_are_refused(actions):
+    with pytest.raises(ValueError, match="non-empty list of DecodingAction"):
+        ActionTransform(actions)
