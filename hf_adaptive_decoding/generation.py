@@ -322,7 +322,9 @@ def adaptive_generate(
     # The merged config holds the model's defaults too; only settings that differ from them were asked for.
     # (do_sample is already resolved to False when unset, so an explicit False cannot be told apart: it is ignored.)
     requested = {k: v for k, v in generation_config.to_dict().items() if k != "do_sample"}
-    _raise_for_conflicts(_sampling_conflicts(requested, model.generation_config.to_dict()))
+    model_defaults = {k: v for k, v in model.generation_config.to_dict().items() if v is not None}
+    defaults = {**GenerationConfig._get_default_generation_params(), **model_defaults}  # e.g. top_k=50
+    _raise_for_conflicts(_sampling_conflicts(requested, defaults))
     processors_config = generation_config  # what generate built `logits_processor` from
     generation_config = copy.deepcopy(generation_config)
     generation_config.do_sample = True

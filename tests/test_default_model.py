@@ -170,3 +170,26 @@ def test_stale_staging_folders_are_removed(tmp_path):
     os.utime(stale, (old, old))
     default_model_module._remove_stale_staging(cache)
     assert not stale.exists() and fresh.exists()
+
+
+def test_custom_generate_route_on_the_default_model(default_model, math_prompts):
+    from hf_adaptive_decoding import adaptive_generate
+
+    model, _ = default_model
+    adapter = AutoDecodingAdapter.for_model(model, "math-token").eval()
+    with torch.no_grad():
+        adapter.output_layer.bias[0] = 100.0  # greedy
+    ours = model.generate(
+        **math_prompts, custom_generate=adaptive_generate, decoding_adapter=adapter, max_new_tokens=16
+    )
+    assert torch.equal(ours, model.generate(**math_prompts, do_sample=False, max_new_tokens=16))
+    sampled = model.generate(
+        **math_prompts,
+        custom_generate=adaptive_generate,
+        decoding_adapter=adapter,
+        max_new_tokens=4,
+        do_sample=True,
+        num_return_sequences=2,
+        return_dict_in_generate=True,
+    )
+    assert sampled.decoding_actions.shape == (6, 4)
