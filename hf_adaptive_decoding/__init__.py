@@ -15,6 +15,7 @@ from .modeling import (
 )
 from .prompting import encode_chat
 from .sampling import ActionTransform, NonFiniteLogitsError
+from .tasks import arithmetic_dataset
 
 patch_generate()
 
@@ -34,6 +35,7 @@ __all__ = [
     "IncompatibleBaseModelError",
     "NonFiniteLogitsError",
     "adaptive_generate",
+    "arithmetic_dataset",
     "candidate_pool",
     "encode_chat",
     "load_default_model",
