@@ -21,7 +21,7 @@ def _digits(rng: random.Random, digits: int) -> int:
 
 
 # Operand ranges per level; every (family, level) has several hundred distinct problems, so that each split has
-# enough of them. Level 1 is what the default model mostly solves, level 3 what it mostly does not.
+# enough of them. Difficulty grows with the level (more digits, larger factors, negative results).
 def _addition(rng: random.Random, level: int) -> Problem:
     a, b = {1: (_digits(rng, 1), _digits(rng, 2)), 2: (_digits(rng, 2), _digits(rng, 2))}.get(
         level, (_digits(rng, 3), _digits(rng, 3))
