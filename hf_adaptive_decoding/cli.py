@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _render(tokenizer, token_ids, actions, max_probs, action_names) -> Text:
+def _render(tokenizer, token_ids, actions, max_probs) -> Text:
     text = Text()
     for token_id, action, max_prob in zip(token_ids, actions, max_probs, strict=False):
         if action < 0:
@@ -79,8 +79,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         revision = default_model_revision() if args.model is None else None
         adapter = AutoDecodingAdapter.for_model(model, args.preset, base_model_revision=revision)
         console.print(f"[bold]No --adapter given: using a fresh, untrained {args.preset!r} adapter (uniform policy).")
+    if not isinstance(adapter, DecodingAdapterModel):
+        raise ValueError(f"{args.adapter!r} is a {type(adapter).__name__}, not a sampling decoding adapter.")
     adapter.eval()
-    assert isinstance(adapter, DecodingAdapterModel)
     action_names = adapter.decoding_config.action_names
 
     inputs = encode_chat(tokenizer, args.prompt, args.system, device=model.device)
@@ -112,11 +113,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         prompt_index = row // args.num_return_sequences
         console.rule(f"prompt {prompt_index}: {args.prompt[prompt_index][:60]}")
         chosen = actions[row].tolist()
-        console.print(
-            _render(
-                tokenizer, out.sequences[row, prompt_length:].tolist(), chosen, max_probs[row].tolist(), action_names
-            )
-        )
+        console.print(_render(tokenizer, out.sequences[row, prompt_length:].tolist(), chosen, max_probs[row].tolist()))
         used = [a for a in chosen if a >= 0]
         counts = ", ".join(f"[{i}] {used.count(i)}" for i in range(len(action_names)) if used.count(i))
         console.print(Text(f"{len(used)} tokens; actions used: {counts}", style="italic"))

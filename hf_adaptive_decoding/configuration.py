@@ -6,7 +6,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -64,7 +64,7 @@ class DecodingAction:
                     f"DecodingAction.min_p must be in [0, 1) (0 or None switches it off), got {self.min_p}."
                 )
         if not self.do_sample:
-            if any(value is not None for value in (self.top_k, self.top_p, self.min_p)) and self.is_truncating:
+            if self.is_truncating:
                 raise ValueError(
                     f"A greedy action (do_sample=False) takes no top_k/top_p/min_p, got top_k={self.top_k}, "
                     f"top_p={self.top_p}, min_p={self.min_p}."
@@ -299,7 +299,7 @@ class AdaptiveDecodingConfig:
             return cls.from_dict(json.load(handle))
 
     @classmethod
-    def coerce(cls, value: AdaptiveDecodingConfig | Mapping[str, Any] | str | Sequence) -> AdaptiveDecodingConfig:
+    def coerce(cls, value: AdaptiveDecodingConfig | Mapping[str, Any] | str) -> AdaptiveDecodingConfig:
         """Accept a config, its dict, a preset name, or a path to a JSON file written by `to_json_file`."""
         if isinstance(value, cls):
             return value
