@@ -19,9 +19,35 @@ from .tasks import arithmetic_dataset
 
 patch_generate()
 
+# Training pulls in accelerate, math-verify and matplotlib: imported on first use, so that generation stays light.
+_LAZY = {
+    "AdapterTrainer": "trainer",
+    "AdapterTrainerConfig": "trainer_config",
+    "RewardFunctionError": "rewards",
+    "RolloutBatch": "rollout",
+    "compute_rewards": "rewards",
+    "extract_gsm8k_answer": "data",
+    "extract_last_boxed": "data",
+    "generate_rollouts": "rollout",
+    "load_gsm8k_dataset": "data",
+    "load_math_dataset": "data",
+    "make_math_reward": "rewards",
+    "math_reward": "rewards",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
+    *_LAZY,
     "ACTION_PRESETS",
     "ActionTransform",
     "AdaptiveDecodingConfig",

@@ -93,3 +93,34 @@ def math_prompts(default_model):
     _, tokenizer = default_model
     questions = ["What is 7 * 8?", "What is 23 + 19?", "What is 9 - 4?"]
     return encode_chat(tokenizer, [f"{q} Put the final answer in \\boxed{{}}." for q in questions])
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['content'] }}\n{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+)
+
+
+def make_char_tokenizer():
+    """A character-level tokenizer whose ids fit the tiny models' vocabulary, with a minimal chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(code) for code in range(32, 127)] + ["\n"]
+    vocab = {"<pad>": PAD, "</s>": EOS, "<s>": BOS, **{char: index + 3 for index, char in enumerate(chars)}}
+    assert max(vocab.values()) < VOCAB
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        bos_token="<s>",
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+@pytest.fixture
+def char_tokenizer():
+    return make_char_tokenizer()

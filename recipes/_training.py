@@ -1,0 +1,99 @@
+"""What `train_tok.py` and `train_seq.py` share: their script arguments, data and model set-up."""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import set_seed
+from trl import TrlParser
+
+from hf_adaptive_decoding import (
+    AdapterTrainer,
+    AdapterTrainerConfig,
+    AdaptiveDecodingConfig,
+    AutoDecodingAdapter,
+    arithmetic_dataset,
+    load_default_model,
+    load_gsm8k_dataset,
+    load_math_dataset,
+    math_reward,
+)
+from hf_adaptive_decoding.default_model import default_model_revision
+
+DATASETS = ("arithmetic", "math", "gsm8k")
+
+
+@dataclass
+class ScriptArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Causal LM (Hub id or folder); default: the embedded SmolLM2-135M-Instruct."}
+    )
+    preset: str = field(default="math-token", metadata={"help": "Action space: a preset name or a JSON file."})
+    budget_feature: str | None = field(default="log", metadata={"help": "none, linear or log."})
+    adapter: str | None = field(default=None, metadata={"help": "Start from this adapter (folder or Hub id)."})
+    adapter_hidden_size: int = 256
+    dataset: str = field(default="arithmetic", metadata={"help": f"One of {DATASETS}."})
+    dataset_path: str | None = field(default=None, metadata={"help": "math/gsm8k: Hub id, file or folder."})
+    train_split: str = "train"
+    eval_split: str = "validation"
+    num_train_examples: int = 2000
+    num_eval_examples: int = 64
+    families: list[str] | None = field(default=None, metadata={"help": "arithmetic: task families (all)."})
+    levels: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "arithmetic: difficulty levels."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'true' for the newest checkpoint in output_dir, or a checkpoint folder."}
+    )
+
+
+def load_data(args: ScriptArguments):
+    if args.dataset == "arithmetic":
+        train = arithmetic_dataset("train", args.num_train_examples, args.families, args.levels)
+        evaluation = arithmetic_dataset("validation", args.num_eval_examples, args.families, args.levels)
+        return train, evaluation
+    loaders = {"math": load_math_dataset, "gsm8k": load_gsm8k_dataset}
+    if args.dataset not in loaders:
+        raise ValueError(f"--dataset must be one of {DATASETS}, got {args.dataset!r}.")
+    source = {"path_or_id": args.dataset_path} if args.dataset_path else {}
+    train = loaders[args.dataset](split=args.train_split, num_examples=args.num_train_examples, **source)
+    evaluation = loaders[args.dataset](split=args.eval_split, num_examples=args.num_eval_examples, **source)
+    return train, evaluation
+
+
+def main(level: str, default_config: Path) -> None:
+    """Parse `--config file.yaml` (default: `default_config`) and command-line overrides, then train."""
+    if "--config" not in sys.argv:
+        sys.argv[1:1] = ["--config", str(default_config)]
+    script_args, training_args = TrlParser((ScriptArguments, AdapterTrainerConfig)).parse_args_and_config()
+    set_seed(training_args.seed)
+    model, tokenizer = load_default_model(script_args.model_name_or_path)
+    if script_args.adapter:
+        adapter = AutoDecodingAdapter.from_pretrained(script_args.adapter)
+    else:
+        budget_feature = None if script_args.budget_feature in (None, "none") else script_args.budget_feature
+        decoding = AdaptiveDecodingConfig.coerce(script_args.preset)
+        decoding = AdaptiveDecodingConfig.from_dict(
+            {**decoding.to_dict(), "level": level, "budget_feature": budget_feature}
+        )
+        revision = default_model_revision() if script_args.model_name_or_path is None else None
+        adapter = AutoDecodingAdapter.for_model(
+            model, decoding, base_model_revision=revision, adapter_hidden_size=script_args.adapter_hidden_size
+        )
+    if adapter.level != level:
+        raise ValueError(f"This recipe trains {level}-level adapters; the adapter is {adapter.level}-level.")
+    train_dataset, eval_dataset = load_data(script_args)
+    trainer = AdapterTrainer(
+        model=model,
+        adapter=adapter,
+        reward_funcs=math_reward,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    resume = script_args.resume_from_checkpoint
+    resume = True if str(resume).lower() in ("true", "latest") else resume
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.accelerator.is_main_process:
+        out = trainer.output_dir
+        print(f"Adapter and model card: {out}/ (config.json, model.safetensors, README.md)")
+        print(f"Metrics: {out}/metrics.jsonl   Plots: {out}/plots/   Checkpoints: {out}/checkpoint-*")

@@ -1,0 +1,214 @@
+import json
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_adaptive_decoding import (
+    AdapterTrainer,
+    AdapterTrainerConfig,
+    AdaptiveDecodingConfig,
+    AutoDecodingAdapter,
+    DecodingAction,
+    checkpointing,
+)
+from hf_adaptive_decoding.rewards import RewardFunctionError
+
+from .conftest import make_char_tokenizer, make_tiny_model
+
+ACTIONS = [DecodingAction(do_sample=False), DecodingAction(temperature=1.0)]
+
+
+def tiny_dataset(size: int = 16) -> Dataset:
+    return Dataset.from_list([{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(size)])
+
+
+def starts_with_digit(prompts, completions, answer, **kwargs):
+    return [float(bool(c) and c[0].isdigit()) for c in completions]
+
+
+def make_trainer(tmp_path, level="token", reward_funcs=starts_with_digit, model=None, **overrides):
+    model = model if model is not None else make_tiny_model("llama")
+    config = AdaptiveDecodingConfig(actions=ACTIONS, level=level, budget_feature="log")
+    torch.manual_seed(0)
+    adapter = AutoDecodingAdapter.for_model(model, config, adapter_hidden_size=16, budget_hidden_size=8)
+    settings = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_new_tokens=6,
+        token_budgets=[4, 6],
+        parallel_budgets=[1, 2],
+        eval_steps=2,
+        save_steps=2,
+        per_device_eval_batch_size=4,
+        eval_num_examples=4,
+        disable_tqdm=True,
+        seed=0,
+    )
+    settings.update(overrides)
+    return AdapterTrainer(
+        model=model,
+        adapter=adapter,
+        reward_funcs=reward_funcs,
+        args=AdapterTrainerConfig(**settings),
+        train_dataset=tiny_dataset(),
+        eval_dataset=tiny_dataset(8),
+        processing_class=make_char_tokenizer(),
+    )
+
+
+def adapter_state(trainer):
+    return {k: v.clone() for k, v in trainer.unwrapped_adapter.state_dict().items()}
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_training_updates_only_the_adapter_and_writes_everything(tmp_path, level):
+    trainer = make_trainer(tmp_path, level)
+    lm_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    adapter_before = adapter_state(trainer)
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in trainer.unwrapped_adapter.parameters()}
+
+    trainer.train()
+
+    assert all(torch.equal(lm_before[k], v) for k, v in trainer.model.state_dict().items())  # bit-identical LM
+    assert not trainer.model.training and not any(p.requires_grad for p in trainer.model.parameters())
+    assert any(not torch.equal(adapter_before[k], v) for k, v in adapter_state(trainer).items())
+    run = tmp_path / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [line for line in lines if "reward" in line]
+    assert [line["step"] for line in train_lines] == [1, 2, 3, 4]
+    assert {"reward", "reward_std", "entropy", "loss", "time/rollout", "time/update", "tokens_per_second"} <= set(
+        train_lines[0]
+    )
+    assert {f"action_probs/{a.name}" for a in ACTIONS} <= set(train_lines[0])
+    assert (level == "token") == ("masked_fraction" in train_lines[0])
+    assert [line["step"] for line in lines if "eval_reward" in line] == [2, 4]
+    assert (run / "config.json").is_file() and (run / "model.safetensors").is_file()
+    card = (run / "README.md").read_text()
+    assert "## Action space" in card and "Best static action" in card
+    assert set(json.loads((run / "eval_results.json").read_text())["static"]) == {a.name for a in ACTIONS}
+    assert (run / "plots" / "action_probs.png").is_file() and (run / "plots" / "reward.png").is_file()
+    assert [p.name for p in checkpointing.complete_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
+    reloaded = AutoDecodingAdapter.from_pretrained(run)
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in adapter_state(trainer).items())
+
+
+def test_policy_moves_towards_the_rewarded_action(tmp_path):
+    """Sequence level with a reward only the greedy action earns: the policy learns to prefer greedy."""
+    model = make_tiny_model("llama")
+    tokenizer = make_char_tokenizer()
+    greedy = {}
+
+    def matches_greedy(prompts, completions, **kwargs):
+        for prompt in set(prompts) - set(greedy):
+            encoded = tokenizer.apply_chat_template(
+                [[{"role": "user", "content": f"{prompt}\n{AdapterTrainerConfig.instruction}"}]],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )
+            out = model.generate(**encoded, do_sample=False, max_new_tokens=6)
+            greedy[prompt] = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [float(c == greedy[p]) for p, c in zip(prompts, completions, strict=True)]
+
+    trainer = make_trainer(
+        tmp_path, "sequence", matches_greedy, model=model, max_steps=12, learning_rate=0.05, eval_steps=None
+    )
+    trainer.args.plot = False
+    with torch.no_grad():
+        before = trainer.unwrapped_adapter(torch.zeros(1, 32), torch.tensor([1])).logits.softmax(-1)[0, 0]
+    trainer.train()
+    history = [entry["action_probs/greedy"] for entry in trainer.state["log_history"] if "reward" in entry]
+    assert history[-1] > 0.7 > float(before)
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    uninterrupted = make_trainer(tmp_path / "a")
+    uninterrupted.train()
+
+    interrupted = make_trainer(tmp_path / "b")
+    original = interrupted._update
+    calls = []
+
+    def dies_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(interrupted, "_update", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    assert [p.name for p in checkpointing.complete_checkpoints(tmp_path / "b" / "run")] == ["checkpoint-2"]
+
+    resumed = make_trainer(tmp_path / "b")
+    resumed.train(resume_from_checkpoint=True)
+    expected, actual = adapter_state(uninterrupted), adapter_state(resumed)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    steps = [e["step"] for e in resumed.state["log_history"] if "reward" in e]
+    assert steps == [1, 2, 3, 4]  # the log history of the first two steps came back with the checkpoint
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, max_steps=4, save_steps=2, eval_steps=None)
+    real_replace = os.replace
+
+    def crash_on_second(source, target):
+        if str(target).endswith("checkpoint-4"):
+            raise OSError("disk gone")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(checkpointing.os, "replace", crash_on_second)
+    with pytest.raises(OSError, match="disk gone"):
+        trainer.train()
+    run = tmp_path / "run"
+    assert (run / ".staging-checkpoint-4").is_dir()  # the partial one never got its final name
+    assert checkpointing.resolve_checkpoint(run, True).name == "checkpoint-2"
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        checkpointing.resolve_checkpoint(run, run / ".staging-checkpoint-4")
+    monkeypatch.setattr(checkpointing.os, "replace", real_replace)
+    resumed = make_trainer(tmp_path, max_steps=4, save_steps=2, eval_steps=None)
+    resumed.train(resume_from_checkpoint=True)
+    assert [p.name for p in checkpointing.complete_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
+    assert not (run / ".staging-checkpoint-4").exists()
+
+
+def test_reward_function_errors_name_the_function(tmp_path):
+    def broken_reward(prompts, completions, **kwargs):
+        raise KeyError("answer")
+
+    trainer = make_trainer(tmp_path, reward_funcs=[starts_with_digit, broken_reward])
+    with pytest.raises(RewardFunctionError, match="broken_reward"):
+        trainer.train()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("baseline", "median", "baseline must be one of"),
+        ("reward_aggregation", "pass@9", "k <= min"),
+        ("token_budgets", [100], "at most max_new_tokens"),
+        ("max_prob_threshold", 1.5, "max_prob_threshold"),
+        ("report_to", ["nonsense"], "report_to"),
+    ],
+)
+def test_invalid_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        AdapterTrainerConfig(**{field: value})
+
+
+def test_bad_datasets_and_adapters_are_refused(tmp_path):
+    model = make_tiny_model("llama")
+    other = make_tiny_model("qwen2")
+    adapter = AutoDecodingAdapter.for_model(other, "math-token")
+    with pytest.raises(Exception, match="hidden size"):
+        AdapterTrainer(model, adapter, starts_with_digit, train_dataset=tiny_dataset())
+    adapter = AutoDecodingAdapter.for_model(model, "math-token")
+    with pytest.raises(ValueError, match="empty"):
+        AdapterTrainer(model, adapter, starts_with_digit, train_dataset=tiny_dataset().select([]))
+    with pytest.raises(ValueError, match="'prompt' column"):
+        AdapterTrainer(model, adapter, starts_with_digit, train_dataset=tiny_dataset().rename_column("prompt", "q"))
