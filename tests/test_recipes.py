@@ -43,3 +43,20 @@ def test_generate_recipe_rejects_an_empty_dataset(tmp_path):
     )
     assert run.returncode != 0
     assert f"--prompts_file {str(empty)!r} is empty" in run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["train_tok.py", "train_seq.py"])
+def test_training_recipes_run_with_overrides_of_their_default_config(default_model, tmp_path, recipe):
+    output = tmp_path / "adapter"
+    command = [sys.executable, str(ROOT / "recipes" / recipe), "--output_dir", str(output), "--max_steps", "1"]
+    command += ["--per_device_train_batch_size", "2", "--num_generations", "2", "--max_new_tokens", "8"]
+    command += ["--token_budgets", "8", "--parallel_budgets", "1", "2", "--num_train_examples", "20"]
+    command += ["--num_eval_examples", "2", "--disable_tqdm", "true"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Adapter and model card: {output}/" in run.stdout
+    level = "token" if recipe == "train_tok.py" else "sequence"
+    assert json.loads((output / "config.json").read_text())["decoding"]["level"] == level
+    assert (output / "README.md").is_file() and (output / "metrics.jsonl").is_file()
+    assert (output / "checkpoint-1" / "checkpoint_complete.json").is_file()

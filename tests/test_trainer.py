@@ -212,3 +212,38 @@ def test_bad_datasets_and_adapters_are_refused(tmp_path):
         AdapterTrainer(model, adapter, starts_with_digit, train_dataset=tiny_dataset().select([]))
     with pytest.raises(ValueError, match="'prompt' column"):
         AdapterTrainer(model, adapter, starts_with_digit, train_dataset=tiny_dataset().rename_column("prompt", "q"))
+
+
+@pytest.mark.slow
+def test_a_short_run_on_the_default_model(default_model, tmp_path):
+    from hf_adaptive_decoding import arithmetic_dataset, math_reward
+
+    model, tokenizer = default_model
+    adapter = AutoDecodingAdapter.for_model(model, AdaptiveDecodingConfig.from_preset("math-token", budget_feature="log"))
+    lm_before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = AdapterTrainerConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_new_tokens=16,
+        eval_steps=2,
+        eval_num_examples=4,
+        disable_tqdm=True,
+        plot=False,
+    )
+    trainer = AdapterTrainer(
+        model,
+        adapter,
+        math_reward,
+        args=args,
+        train_dataset=arithmetic_dataset("train", 20, levels=[1]),
+        eval_dataset=arithmetic_dataset("validation", 4, levels=[1]),
+        processing_class=tokenizer,
+    )
+    metrics = trainer.train()
+    assert 0 <= metrics["reward"] <= 1 and 0 <= metrics["eval_reward"] <= 1
+    assert 0 < metrics["masked_fraction"] < 1  # the 0.95 mask is in force on real next-token distributions
+    assert metrics["rewards/math_reward/mean"] == metrics["reward"]
+    assert all(torch.equal(lm_before[k], v) for k, v in model.state_dict().items())
+    assert AutoDecodingAdapter.from_pretrained(tmp_path).config.base_model_name_or_path == model.name_or_path
