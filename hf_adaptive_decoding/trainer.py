@@ -269,7 +269,12 @@ class AdapterTrainer:
             self.state = checkpointing.load_checkpoint(accelerator, checkpoint)
             logger.info("Resumed from %s at step %d.", checkpoint, self.state["global_step"])
         if args.trackers:
-            accelerator.init_trackers(args.run_name or "hf_adaptive_decoding", config=args.to_dict())
+            # Trackers' hyperparameter tables take scalars only (tensorboard refuses lists and None).
+            config = {
+                key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+                for key, value in args.to_dict().items()
+            }
+            accelerator.init_trackers(args.run_name or "hf_adaptive_decoding", config=config)
         writer = reporting.MetricsWriter(self.output_dir, enabled=accelerator.is_main_process)
         progress = tqdm(
             total=args.max_steps,

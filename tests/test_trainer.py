@@ -219,7 +219,9 @@ def test_a_short_run_on_the_default_model(default_model, tmp_path):
     from hf_adaptive_decoding import arithmetic_dataset, math_reward
 
     model, tokenizer = default_model
-    adapter = AutoDecodingAdapter.for_model(model, AdaptiveDecodingConfig.from_preset("math-token", budget_feature="log"))
+    adapter = AutoDecodingAdapter.for_model(
+        model, AdaptiveDecodingConfig.from_preset("math-token", budget_feature="log")
+    )
     lm_before = {k: v.clone() for k, v in model.state_dict().items()}
     args = AdapterTrainerConfig(
         output_dir=str(tmp_path),
@@ -247,3 +249,52 @@ def test_a_short_run_on_the_default_model(default_model, tmp_path):
     assert metrics["rewards/math_reward/mean"] == metrics["reward"]
     assert all(torch.equal(lm_before[k], v) for k, v in model.state_dict().items())
     assert AutoDecodingAdapter.from_pretrained(tmp_path).config.base_model_name_or_path == model.name_or_path
+
+
+def test_a_hanging_reward_function_gets_the_failure_reward_and_training_goes_on(tmp_path):
+    import time
+
+    def hangs_on_first_call(prompts, completions, **kwargs):
+        if not hangs_on_first_call.called:
+            hangs_on_first_call.called = True
+            time.sleep(30)
+        return [1.0] * len(completions)
+
+    hangs_on_first_call.called = False
+    trainer = make_trainer(
+        tmp_path,
+        reward_funcs=hangs_on_first_call,
+        max_steps=2,
+        eval_steps=None,
+        reward_timeout=0.5,
+        failure_reward=-1.0,
+    )
+    start = time.monotonic()
+    trainer.train()
+    assert time.monotonic() - start < 25
+    rewards = [entry["reward"] for entry in trainer.state["log_history"] if "reward" in entry]
+    assert rewards == [-1.0, 1.0]
+
+
+def test_metrics_reach_tensorboard_and_the_adapter_is_pushed(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pushed = []
+    monkeypatch.setattr(
+        "hf_adaptive_decoding.modeling.DecodingAdapterModel.push_to_hub",
+        lambda self, repo_id, **kwargs: pushed.append(("adapter", repo_id, kwargs.get("private"))),
+    )
+    monkeypatch.setattr(
+        "huggingface_hub.ModelCard.push_to_hub", lambda self, repo_id, **kwargs: pushed.append(("card", repo_id))
+    )
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=2,
+        eval_steps=None,
+        report_to=["tensorboard"],
+        push_to_hub=True,
+        hub_model_id="me/tiny-adapter",
+        hub_private_repo=True,
+    )
+    trainer.train()
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert pushed == [("adapter", "me/tiny-adapter", True), ("card", "me/tiny-adapter")]
