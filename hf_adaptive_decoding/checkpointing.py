@@ -106,6 +106,18 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict:
     return json.loads((checkpoint / "trainer_state.json").read_text())
 
 
+def discard_checkpoints_after(output_dir: str | os.PathLike, step: int) -> None:
+    """Delete the checkpoints (complete or not) of steps after `step`, and staging folders: what a run that is
+    resumed from `step`, or started over (`step=-1`), must not find later."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return
+    for path in output_dir.iterdir():
+        match = re.fullmatch(rf"(?:{re.escape(STAGING_PREFIX)})?{PREFIX}(\d+)", path.name)
+        if match and (int(match.group(1)) > step or path.name.startswith(STAGING_PREFIX)):
+            _remove(path)
+
+
 def rotate_checkpoints(output_dir: str | os.PathLike, save_total_limit: int | None) -> None:
     """Delete the oldest complete checkpoints beyond `save_total_limit`."""
     if save_total_limit is None:

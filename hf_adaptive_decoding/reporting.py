@@ -30,6 +30,12 @@ class MetricsWriter:
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def truncate(self, step: int) -> None:
+        """Drop the entries logged after `step` (by a run that is resumed from `step`)."""
+        if self.enabled and self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)
+            self.path.write_text("".join(line for line in lines if json.loads(line).get("step", 0) <= step))
+
     def write(self, entry: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a") as handle:
@@ -51,6 +57,7 @@ def step_metrics(
     cot: list[bool],
     rollout_time: float,
     update_time: float,
+    max_prob_threshold: float | None = None,
 ) -> dict[str, float]:
     """The step's metrics, summed over all processes' prompts and samples (names follow TRL's where it has one)."""
     actions = adapter.decoding_config.action_names
@@ -66,7 +73,7 @@ def step_metrics(
                     batch.num_tokens,
                     len(batch.actions),
                     float(weights.sum()),
-                    float((weights == 0).sum()) if token_level else 0.0,
+                    float((batch.max_probs > max_prob_threshold).sum()) if token_level and max_prob_threshold else 0.0,
                     len(cot),
                     sum(cot),
                 ],
@@ -96,7 +103,7 @@ def step_metrics(
         "time/rollout": float(slowest[0]),
         "time/update": float(slowest[1]),
     }
-    if token_level:
+    if token_level and max_prob_threshold:
         metrics["masked_fraction"] = float(sums[5]) / decisions
     for func, total, count in zip(reward_funcs, func_sums.tolist(), func_counts.tolist(), strict=True):
         metrics[f"rewards/{_name(func)}/mean"] = total / count if count else math.nan

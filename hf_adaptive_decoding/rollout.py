@@ -98,7 +98,8 @@ def generate_rollouts(
 
     cache = DynamicCache(config=model.config)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    with HiddenStateCapture(model, adapter.decoding_config.prompt_pooling) as capture:
+    pooling = adapter.decoding_config.prompt_pooling if not token_level else "last"  # token level: h_t only
+    with HiddenStateCapture(model, pooling) as capture:
         logits = model(
             input_ids=input_ids,
             attention_mask=attention_mask,

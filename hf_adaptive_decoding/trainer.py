@@ -21,7 +21,6 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from . import checkpointing, reporting
 from .modeling import DecodingAdapterModel
 from .objectives import advantages, aggregate_rewards, decision_weights_and_advantages, policy_loss
-from .prompting import encode_chat
 from .rewards import compute_rewards
 from .rollout import RolloutBatch, generate_rollouts
 from .trainer_config import AdapterTrainerConfig
@@ -29,6 +28,22 @@ from .trainer_config import AdapterTrainerConfig
 logger = logging.getLogger(__name__)
 
 RewardFunc = Callable[..., list]
+# Settings that may differ when a run is resumed without changing what it computes until its old end.
+RESUMABLE_CHANGES = {
+    "max_steps",
+    "output_dir",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "report_to",
+    "run_name",
+    "disable_tqdm",
+    "plot",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "overwrite_output_dir",
+}
 
 
 class AdapterTrainer:
@@ -114,6 +129,16 @@ class AdapterTrainer:
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.state: dict[str, Any] = {"global_step": 0, "moving_average": None, "log_history": []}
         self.output_dir = Path(args.output_dir)
+        self._epoch_order: tuple[int, list[int]] = (-1, [])
+        self._last_eval: dict[str, Any] | None = None
+        if max(args.token_budgets) < args.max_new_tokens and adapter.level == "token":
+            logger.warning(
+                "token_budgets=%s: token-level training never uses more than %d new tokens, although "
+                "max_new_tokens=%d (validation uses max_new_tokens).",
+                args.token_budgets,
+                max(args.token_budgets),
+                args.max_new_tokens,
+            )
 
     # ----------------------------------------------------------------------------------------------- data
 
@@ -128,25 +153,34 @@ class AdapterTrainer:
         indices = []
         for position in range(start, start + per_device):
             epoch, offset = divmod(position, size)
-            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.args.seed + epoch))
-            indices.append(int(order[offset]))
+            if self._epoch_order[0] != epoch:
+                generator = torch.Generator().manual_seed(self.args.seed + epoch)
+                self._epoch_order = (epoch, torch.randperm(size, generator=generator).tolist())
+            indices.append(self._epoch_order[1][offset])
         return indices
 
     def _uses_cot(self, index: int) -> bool:
         return random.Random(f"{self.args.seed}:cot:{index}").random() < self.args.cot_ratio
 
     def _encode(self, rows: list[dict], cot: list[bool]) -> dict[str, torch.Tensor]:
-        messages = []
+        """Chat-template the prompts. A question gets the (CoT or direct) instruction appended and the system turn
+        put before it; a conversation (TRL's conversational format) gets the instruction appended to its last user
+        turn, and the system turn only if it has none."""
+        conversations = []
         for row, use_cot in zip(rows, cot, strict=True):
+            instruction = self.args.cot_instruction if use_cot else self.args.instruction
             prompt = row["prompt"]
             if isinstance(prompt, str):
-                instruction = self.args.cot_instruction if use_cot else self.args.instruction
-                prompt = f"{prompt}\n{instruction}" if instruction else prompt
-            messages.append(prompt)
-        if all(isinstance(message, str) for message in messages):
-            return encode_chat(self.tokenizer, messages, self.args.system_prompt, device=self.accelerator.device)
+                prompt = [{"role": "user", "content": prompt}]
+            prompt = [dict(message) for message in prompt]
+            if instruction:
+                last_user = max(i for i, message in enumerate(prompt) if message["role"] == "user")
+                prompt[last_user]["content"] = f"{prompt[last_user]['content']}\n{instruction}"
+            if self.args.system_prompt and prompt[0]["role"] != "system":
+                prompt.insert(0, {"role": "system", "content": self.args.system_prompt})
+            conversations.append(prompt)
         encoded = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+            conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
         )
         return encoded.to(self.accelerator.device)
 
@@ -176,6 +210,11 @@ class AdapterTrainer:
 
     def _score(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "completion")}
+        # TRL's convention: conversational prompts get conversational completions.
+        completions = [
+            completion if isinstance(row["prompt"], str) else [{"role": "assistant", "content": completion}]
+            for row, completion in zip(rows, completions, strict=True)
+        ]
         return compute_rewards(
             self.reward_funcs,
             prompts=[row["prompt"] for row in rows],
@@ -221,7 +260,7 @@ class AdapterTrainer:
         all_prompts = accelerator.gather(unit_prompt + offset)
         all_advantages = advantages(all_rewards, all_prompts, args.baseline, self.state["moving_average"])
         if args.scale_advantages:
-            all_advantages = all_advantages / (all_rewards.std() + 1e-4)
+            all_advantages = all_advantages / (all_rewards.std(unbiased=False) + 1e-4)
         keep = torch.ones_like(all_rewards, dtype=torch.bool)
         if args.filter_prompts and args.num_generations >= 2:
             grouped = all_rewards.view(-1, args.num_generations)
@@ -240,9 +279,11 @@ class AdapterTrainer:
         advantage, weight = decision_weights_and_advantages(
             self.unwrapped_adapter, batch, unit_advantages, unit_keep, args.max_prob_threshold
         )
-        self.adapter.train()
+        # With disable_dropout, the policy that is differentiated is the one that acted in the rollout.
+        self.adapter.train(not args.disable_dropout)
+        normalizer = self.accelerator.reduce(weight.sum(), "sum") / self.accelerator.num_processes
         with self.accelerator.autocast():
-            loss, parts = policy_loss(self.adapter, batch, advantage, weight, args.beta)
+            loss, parts = policy_loss(self.adapter, batch, advantage, weight, args.beta, normalizer)
         self.accelerator.backward(loss)
         grad_norm = self.accelerator.clip_grad_norm_(self.adapter.parameters(), args.max_grad_norm)
         self.optimizer.step()
@@ -264,10 +305,7 @@ class AdapterTrainer:
             `dict`: the final metrics (the last logged training metrics and validation results).
         """
         args, accelerator = self.args, self.accelerator
-        if resume_from_checkpoint:
-            checkpoint = checkpointing.resolve_checkpoint(self.output_dir, resume_from_checkpoint)
-            self.state = checkpointing.load_checkpoint(accelerator, checkpoint)
-            logger.info("Resumed from %s at step %d.", checkpoint, self.state["global_step"])
+        self._prepare_output_dir(resume_from_checkpoint)
         if args.trackers:
             # Trackers' hyperparameter tables take scalars only (tensorboard refuses lists and None).
             config = {
@@ -302,6 +340,7 @@ class AdapterTrainer:
                 cot,
                 rollout_time=rollout_time,
                 update_time=update_time,
+                max_prob_threshold=args.max_prob_threshold,
             )
             metrics.update(
                 loss=float(accelerator.reduce(loss, "mean")),
@@ -322,7 +361,8 @@ class AdapterTrainer:
                 and args.eval_steps
                 and (step % args.eval_steps == 0 or step == args.max_steps)
             ):
-                self._log(writer, {"step": step, **self.evaluate()})
+                self._last_eval = {"step": step, **self.evaluate()}
+                self._log(writer, self._last_eval)
             if step % args.save_steps == 0 or step == args.max_steps:
                 checkpointing.save_checkpoint(accelerator, self.output_dir, step, self.state)
                 if accelerator.is_main_process:
@@ -332,12 +372,51 @@ class AdapterTrainer:
         accelerator.end_training()
         return {key: value for entry in self.state["log_history"] for key, value in entry.items()}
 
+    def _prepare_output_dir(self, resume_from_checkpoint: bool | str | os.PathLike | None) -> None:
+        """Resume (dropping whatever a previous attempt wrote after the checkpoint), or start in a fresh folder."""
+        args, accelerator = self.args, self.accelerator
+        self.state["config"], self.state["num_processes"] = args.to_dict(), accelerator.num_processes
+        if resume_from_checkpoint:
+            checkpoint = checkpointing.resolve_checkpoint(self.output_dir, resume_from_checkpoint)
+            saved = checkpointing.load_checkpoint(accelerator, checkpoint)
+            changed = sorted(
+                key
+                for key, value in saved.get("config", {}).items()
+                if key not in RESUMABLE_CHANGES and self.state["config"].get(key) != value
+            )
+            if changed or saved.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+                logger.warning(
+                    "Resuming %s with other settings than it was saved with (%s; processes %s -> %d): the run will "
+                    "not continue as it would have uninterrupted.",
+                    checkpoint,
+                    ", ".join(changed) or "none",
+                    saved.get("num_processes"),
+                    accelerator.num_processes,
+                )
+            self.state.update({key: saved[key] for key in ("global_step", "moving_average", "log_history")})
+            if accelerator.is_main_process:
+                checkpointing.discard_checkpoints_after(self.output_dir, self.state["global_step"])
+                reporting.MetricsWriter(self.output_dir).truncate(self.state["global_step"])
+            logger.info("Resumed from %s at step %d.", checkpoint, self.state["global_step"])
+        elif checkpointing.complete_checkpoints(self.output_dir) or (self.output_dir / "metrics.jsonl").exists():
+            if not args.overwrite_output_dir:
+                raise ValueError(
+                    f"output_dir {str(self.output_dir)!r} already holds a training run. Pass "
+                    "resume_from_checkpoint=True to continue it, overwrite_output_dir=True to start over there, or "
+                    "another output_dir."
+                )
+            if accelerator.is_main_process:
+                checkpointing.discard_checkpoints_after(self.output_dir, -1)
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+
     def _log(self, writer: reporting.MetricsWriter, entry: dict[str, Any]) -> None:
         self.state["log_history"].append(entry)
         writer.write(entry)
         if self.args.trackers:
             self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
-        if self.args.plot and self.accelerator.is_main_process:
+        redraw = "eval_reward" in entry or entry["step"] == self.args.max_steps
+        if self.args.plot and redraw and self.accelerator.is_main_process:
             reporting.plot_training(self.state["log_history"], self.output_dir / "plots")
 
     # ----------------------------------------------------------------------------------------------- evaluation
@@ -401,7 +480,9 @@ class AdapterTrainer:
         args, accelerator = self.args, self.accelerator
         evaluation = None
         if self.eval_dataset is not None:
-            evaluation = {"adapter": self.evaluate()["eval_reward"], "static": self.evaluate_static_actions()}
+            last = self._last_eval
+            adapter_reward = last if last and last["step"] == self.state["global_step"] else self.evaluate()
+            evaluation = {"adapter": adapter_reward["eval_reward"], "static": self.evaluate_static_actions()}
         if not accelerator.is_main_process:
             return
         adapter = self.unwrapped_adapter

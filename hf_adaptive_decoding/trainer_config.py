@@ -23,9 +23,13 @@ class AdapterTrainerConfig:
 
     Parameters:
         output_dir (`str`): where checkpoints, metrics (`metrics.jsonl`), plots and the final adapter are written.
+        overwrite_output_dir (`bool`): start over in an `output_dir` that holds a previous run (its checkpoints and
+            metrics are deleted); without it, such a folder is refused unless the run resumes.
         learning_rate (`float`): Adam's learning rate.
         lr_decay (`float`): the exponential scheduler's factor per step (Table 15: exponential; 1.0 = constant).
         weight_decay (`float`), adam_beta1 (`float`), adam_beta2 (`float`), max_grad_norm (`float`): the optimizer.
+        disable_dropout (`bool`): run the adapter's update without dropout, so that the policy differentiated is
+            exactly the one that chose the actions (rollouts always run without dropout).
         max_steps (`int`): number of updates.
         per_device_train_batch_size (`int`): prompts per process and step.
         num_generations (`int`): trajectories (token level) or actions (sequence level) per prompt.
@@ -68,12 +72,14 @@ class AdapterTrainerConfig:
     """
 
     output_dir: str = "outputs/adapter"
+    overwrite_output_dir: bool = False
     learning_rate: float = 1e-3
     lr_decay: float = 0.999
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
+    disable_dropout: bool = True
     max_steps: int = 100
     per_device_train_batch_size: int = 8
     num_generations: int = 4

@@ -1,5 +1,6 @@
 """What `train_tok.py` and `train_seq.py` share: their script arguments, data and model set-up."""
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,14 @@ class ScriptArguments:
     adapter_hidden_size: int = 256
     dataset: str = field(default="arithmetic", metadata={"help": f"One of {DATASETS}."})
     dataset_path: str | None = field(default=None, metadata={"help": "math/gsm8k: Hub id, file or folder."})
-    train_split: str = "train"
-    eval_split: str = "validation"
+    train_split: str | None = field(default=None, metadata={"help": "Default: train (math: test, see below)."})
+    eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Default: validation (arithmetic), test (gsm8k, math). When it is the train split, or the source "
+            "is one file, the validation prompts are carved out of it, disjoint from the training prompts."
+        },
+    )
     num_train_examples: int = 2000
     num_eval_examples: int = 64
     families: list[str] | None = field(default=None, metadata={"help": "arithmetic: task families (all)."})
@@ -53,15 +60,28 @@ def load_data(args: ScriptArguments):
     loaders = {"math": load_math_dataset, "gsm8k": load_gsm8k_dataset}
     if args.dataset not in loaders:
         raise ValueError(f"--dataset must be one of {DATASETS}, got {args.dataset!r}.")
+    load = loaders[args.dataset]
     source = {"path_or_id": args.dataset_path} if args.dataset_path else {}
-    train = loaders[args.dataset](split=args.train_split, num_examples=args.num_train_examples, **source)
-    evaluation = loaders[args.dataset](split=args.eval_split, num_examples=args.num_eval_examples, **source)
+    # MATH-500, the default MATH source, has a test split only.
+    train_split = args.train_split or ("test" if args.dataset == "math" else "train")
+    eval_split = args.eval_split or "test"
+    if train_split == eval_split or (args.dataset_path and os.path.isfile(args.dataset_path)):
+        full = load(split=train_split, **source)
+        if len(full) <= args.num_eval_examples:
+            raise ValueError(
+                f"{len(full)} examples cannot give {args.num_eval_examples} validation prompts and training prompts."
+            )
+        parts = full.train_test_split(test_size=args.num_eval_examples, seed=0)
+        train = parts["train"].select(range(min(args.num_train_examples, len(parts["train"]))))
+        return train, parts["test"]
+    train = load(split=train_split, num_examples=args.num_train_examples, **source)
+    evaluation = load(split=eval_split, num_examples=args.num_eval_examples, **source)
     return train, evaluation
 
 
 def main(level: str, default_config: Path) -> None:
     """Parse `--config file.yaml` (default: `default_config`) and command-line overrides, then train."""
-    if "--config" not in sys.argv:
+    if not any(arg == "--config" or arg.startswith("--config=") for arg in sys.argv):
         sys.argv[1:1] = ["--config", str(default_config)]
     script_args, training_args = TrlParser((ScriptArguments, AdapterTrainerConfig)).parse_args_and_config()
     set_seed(training_args.seed)
@@ -91,7 +111,10 @@ def main(level: str, default_config: Path) -> None:
         processing_class=tokenizer,
     )
     resume = script_args.resume_from_checkpoint
-    resume = True if str(resume).lower() in ("true", "latest") else resume
+    if str(resume).lower() in ("true", "latest"):
+        resume = True
+    elif str(resume).lower() in ("false", "none", ""):
+        resume = None
     trainer.train(resume_from_checkpoint=resume)
     if trainer.accelerator.is_main_process:
         out = trainer.output_dir

@@ -60,3 +60,18 @@ def test_training_recipes_run_with_overrides_of_their_default_config(default_mod
     assert json.loads((output / "config.json").read_text())["decoding"]["level"] == level
     assert (output / "README.md").is_file() and (output / "metrics.jsonl").is_file()
     assert (output / "checkpoint-1" / "checkpoint_complete.json").is_file()
+
+
+def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from _training import ScriptArguments, load_data
+
+    for dataset, path in [("gsm8k", "tests/data/gsm8k/test.jsonl"), ("math", "tests/data/math")]:
+        args = ScriptArguments(
+            dataset=dataset, dataset_path=str(ROOT / path), num_eval_examples=2, num_train_examples=9
+        )
+        train, evaluation = load_data(args)
+        assert len(evaluation) == 2 and len(train) >= 1
+        assert not set(train["prompt"]) & set(evaluation["prompt"])
+    train, evaluation = load_data(ScriptArguments(num_train_examples=50, num_eval_examples=10))
+    assert not set(train["key"]) & set(evaluation["key"])

@@ -76,3 +76,13 @@ def test_sequence_level_samples_of_an_input_share_its_action(llama):
     for prompt in range(3):
         rows = batch.completion_ids[batch.input_index == prompt]
         assert (rows == rows[0]).all()
+
+
+def test_token_level_adapter_with_mean_prompt_pooling_rolls_out(llama):
+    inputs = left_padded_batch()
+    config = AdaptiveDecodingConfig(actions=TOKEN_ACTIONS, level="token", prompt_pooling="mean")
+    adapter = AutoDecodingAdapter.for_model(llama, config).eval()
+    batch = generate_rollouts(
+        llama, adapter, inputs["input_ids"], inputs["attention_mask"], torch.tensor([2, 1, 3]), torch.tensor([5] * 3)
+    )
+    assert len(batch.actions) == int(batch.completion_mask.sum())

@@ -28,6 +28,10 @@ def starts_with_digit(prompts, completions, answer, **kwargs):
     return [float(bool(c) and c[0].isdigit()) for c in completions]
 
 
+def completion_length(prompts, completions, **kwargs):
+    return [len(c) / 6 for c in completions]
+
+
 def make_trainer(tmp_path, level="token", reward_funcs=starts_with_digit, model=None, **overrides):
     model = model if model is not None else make_tiny_model("llama")
     config = AdaptiveDecodingConfig(actions=ACTIONS, level=level, budget_feature="log")
@@ -66,7 +70,7 @@ def adapter_state(trainer):
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_training_updates_only_the_adapter_and_writes_everything(tmp_path, level):
-    trainer = make_trainer(tmp_path, level)
+    trainer = make_trainer(tmp_path, level, reward_funcs=completion_length)
     lm_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     adapter_before = adapter_state(trainer)
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -298,3 +302,38 @@ def test_metrics_reach_tensorboard_and_the_adapter_is_pushed(tmp_path, monkeypat
     trainer.train()
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
     assert pushed == [("adapter", "me/tiny-adapter", True), ("card", "me/tiny-adapter")]
+
+
+def test_an_output_dir_holding_a_run_is_not_silently_mixed_with_a_new_one(tmp_path):
+    make_trainer(tmp_path, max_steps=2, save_steps=1, eval_steps=None, plot=False, save_total_limit=None).train()
+    with pytest.raises(ValueError, match="already holds a training run"):
+        make_trainer(tmp_path, max_steps=2, eval_steps=None, plot=False).train()
+    # Resuming from an earlier checkpoint drops what came after it: later checkpoints and later metrics.
+    trainer = make_trainer(tmp_path, max_steps=2, save_steps=1, eval_steps=None, plot=False, save_total_limit=None)
+    trainer.train(resume_from_checkpoint=tmp_path / "run" / "checkpoint-1")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    # Starting over is explicit.
+    make_trainer(tmp_path, max_steps=1, eval_steps=None, plot=False, overwrite_output_dir=True).train()
+    assert [p.name for p in checkpointing.complete_checkpoints(tmp_path / "run")] == ["checkpoint-1"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]
+
+
+def test_conversational_prompts_get_the_instruction_and_conversational_completions(tmp_path):
+    seen = []
+
+    def records(prompts, completions, **kwargs):
+        seen.extend(completions)
+        return [0.0] * len(completions)
+
+    trainer = make_trainer(tmp_path, reward_funcs=records, max_steps=1, eval_steps=None, plot=False)
+    trainer.train_dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"Add {i} and {i}."}], "answer": str(2 * i)} for i in range(4)]
+    )
+    trainer.eval_dataset = None
+    trainer.train()
+    assert seen and all(isinstance(c, list) and c[0]["role"] == "assistant" for c in seen)
+    encoded = trainer._encode(trainer.train_dataset.select([0]).to_list(), [False])
+    text = trainer.tokenizer.decode(encoded["input_ids"][0], skip_special_tokens=True)
+    assert text.startswith("Add 0 and 0.\n" + trainer.args.instruction)
