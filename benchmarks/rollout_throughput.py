@@ -1,7 +1,7 @@
 """Generated tokens/s of the trainer's rollouts (`generate_rollouts`) vs plain `model.generate` on the same prompts.
 
     HF_HUB_OFFLINE=1 python benchmarks/rollout_throughput.py [--prompts 8] [--samples 4] [--max-new-tokens 48]
-        [--rounds 5] [--modes eos fixed]
+        [--rounds 3] [--modes eos fixed] [--threads N]
 
 Default model (SmolLM2-135M-Instruct), `--prompts` validation problems of `arithmetic_dataset` with the trainer's
 boxed-answer instruction, rendered by the chat template (`encode_chat`), each sampled `--samples` times with up to
@@ -70,12 +70,17 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8, help="Distinct prompts per call.")
     parser.add_argument("--samples", type=int, default=4, help="Samples per prompt (rows = prompts x samples).")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--rounds", type=int, default=5, help="Measured rounds per mode (plus one warm-up).")
+    parser.add_argument("--rounds", type=int, default=3, help="Measured rounds per mode (plus one warm-up).")
     parser.add_argument("--modes", nargs="+", choices=["eos", "fixed"], default=["eos", "fixed"])
     parser.add_argument("--token-preset", default="math-token")
     parser.add_argument("--sequence-preset", default="math-seq")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads (default: torch's); 1 is far steadier on a busy machine."
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, tokenizer = load_default_model()
     adapters = {
