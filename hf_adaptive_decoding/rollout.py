@@ -79,6 +79,11 @@ def generate_rollouts(
         deterministic (`bool`): take the policy's most likely action instead of sampling one.
     """
     device = input_ids.device
+    for name, values in (("num_samples", num_samples), ("token_budgets", token_budgets)):
+        if values.shape != (len(input_ids),) or bool((values < 1).any()):
+            raise ValueError(
+                f"{name} must hold one int >= 1 per input ({len(input_ids)} inputs), got {values.tolist()}."
+            )
     num_samples = num_samples.to(device)
     token_budgets = token_budgets.to(device)
     token_level = adapter.level == "token"

@@ -86,3 +86,25 @@ def test_token_level_adapter_with_mean_prompt_pooling_rolls_out(llama):
         llama, adapter, inputs["input_ids"], inputs["attention_mask"], torch.tensor([2, 1, 3]), torch.tensor([5] * 3)
     )
     assert len(batch.actions) == int(batch.completion_mask.sum())
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "budgets", "name"),
+    [
+        ([2, 0, 1], [4, 4, 4], "num_samples"),
+        ([1, 1], [4, 4, 4], "num_samples"),
+        ([1, 1, 1], [4, -1, 4], "token_budgets"),
+    ],
+)
+def test_bad_sample_counts_and_budgets_are_named(llama, num_samples, budgets, name):
+    inputs = left_padded_batch()
+    adapter = forced_adapter(llama, TOKEN_ACTIONS, 0)
+    with pytest.raises(ValueError, match=f"{name} must hold one int >= 1 per input"):
+        generate_rollouts(
+            llama,
+            adapter,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            torch.tensor(num_samples),
+            torch.tensor(budgets),
+        )
