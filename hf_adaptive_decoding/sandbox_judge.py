@@ -1,0 +1,377 @@
+"""
+The trusted side of a sandboxed code execution. [`Sandbox`] runs this file inside the sandbox as a standalone
+script (standard library only), with one JSON job on stdin; the parent also imports its helpers.
+
+Two processes keep the verdict out of the generated program's reach. The *judge* (this script) runs the dataset's
+test code; the *candidate* (a separate process, another uid when the sandbox starts as root) runs the generated
+program. They talk through pipes in plain values only ([`encode_plain`] / [`decode_plain`]): a candidate can return
+a wrong value, but not an object whose `__eq__` lies, and it can neither redefine `check`, patch the judge's builtins,
+read its memory (the judge is not dumpable) nor write to its report channel. Exiting early, killing the judge or
+printing a fake report can only make the execution fail.
+
+- `mode="function"` (HumanEval style): the candidate executes `program` and serves calls to `entry_point`; the
+  judge executes `setup` (the problem's prompt: imports and helpers the test may use) and `test`, then calls
+  `check(candidate)`. Report: `{"passed": bool, "error": str | None}`.
+- `mode="stdio"` (CodeContests style): `program` runs once per test input, on its own, with the input on stdin
+  (then EOF). Report: `{"outputs": [str | None, ...], "errors": [...]}` for the parent to compare; running stops
+  after the first test that failed to run or whose output differs from `expected` (which the parent re-checks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+# --- plain values ------------------------------------------------------------------------------------------------
+
+_TAGS = {"$t": tuple, "$s": set, "$fs": frozenset}
+
+
+def _to_json(value, depth: int = 0):
+    if depth > 100:
+        raise ValueError("value nested more than 100 levels deep")
+    if value is None or isinstance(value, (bool, str)):
+        return str(value) if isinstance(value, str) and type(value) is not str else value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        value = float(value)
+        return value if math.isfinite(value) else {"$f": repr(value)}
+    if isinstance(value, complex):
+        return {"$c": [_to_json(value.real), _to_json(value.imag)]}
+    if isinstance(value, bytes):
+        return {"$b": bytes(value).hex()}
+    if isinstance(value, list):
+        return [_to_json(item, depth + 1) for item in value]
+    for tag, kind in _TAGS.items():
+        if isinstance(value, kind):
+            return {tag: [_to_json(item, depth + 1) for item in value]}
+    if isinstance(value, dict):
+        return {"$d": [[_to_json(k, depth + 1), _to_json(v, depth + 1)] for k, v in value.items()]}
+    raise TypeError(f"{type(value).__name__} is not a plain value")
+
+
+def _from_json(obj):
+    if len(obj) != 1:
+        raise ValueError("malformed plain value")
+    ((tag, payload),) = obj.items()
+    if tag in _TAGS:
+        return _TAGS[tag](payload)
+    if tag == "$d":
+        return {key: value for key, value in payload}
+    if tag == "$f":
+        return float(payload)
+    if tag == "$c":
+        return complex(*payload)
+    if tag == "$b":
+        return bytes.fromhex(payload)
+    raise ValueError(f"unknown plain value tag {tag!r}")
+
+
+def encode_plain(value) -> str:
+    """One line of JSON for a plain value: None, bool, int, float, complex, str, bytes, list, tuple, set, frozenset,
+    dict (nested). Raises `TypeError` for anything else."""
+    return json.dumps(_to_json(value), separators=(",", ":"))
+
+
+def decode_plain(line: str | bytes):
+    """Inverse of [`encode_plain`]; builds fresh built-in objects only."""
+    return json.loads(line, object_hook=_from_json)
+
+
+# --- output comparison (the parent decides with this too) --------------------------------------------------------
+
+
+def outputs_match(output: str | None, expected: str) -> bool:
+    """CodeContests-style comparison: the same lines, each in full, ignoring trailing whitespace on every line and
+    trailing empty lines. A missing output never matches."""
+    if output is None:
+        return False
+
+    def lines(text: str) -> list[str]:
+        result = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+        while result and not result[-1]:
+            result.pop()
+        return result
+
+    return lines(output) == lines(expected)
+
+
+# --- running a process with bounded time and output ------------------------------------------------------------
+
+
+def communicate(
+    process: subprocess.Popen, data: bytes, timeout: float, max_output_bytes: int
+) -> tuple[bytes, bytes, str | None]:
+    """Feeds `data` to the process's stdin (then EOF) and reads its stdout and stderr until both close, the deadline
+    passes or more than `max_output_bytes` arrive. Returns `(stdout, stderr, problem)`, `problem` being `None`,
+    `"timeout"` or `"output_limit"`. The caller kills the process on a problem."""
+    deadline = time.monotonic() + timeout
+    buffers = {}
+    selector = selectors.DefaultSelector()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            os.set_blocking(stream.fileno(), False)
+            selector.register(stream, selectors.EVENT_READ)
+            buffers[stream] = bytearray()
+    pending = memoryview(data)
+    if process.stdin is not None:
+        if pending:
+            os.set_blocking(process.stdin.fileno(), False)
+            selector.register(process.stdin, selectors.EVENT_WRITE)
+        else:
+            process.stdin.close()
+    total, problem = 0, None
+    try:
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                problem = "timeout"
+                break
+            for key, _ in selector.select(remaining):
+                stream = key.fileobj
+                if stream is process.stdin:
+                    try:
+                        pending = pending[os.write(stream.fileno(), pending[:65536]) :]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(stream)
+                        stream.close()
+                    continue
+                chunk = os.read(stream.fileno(), 65536)
+                if not chunk:
+                    selector.unregister(stream)
+                    continue
+                total += len(chunk)
+                if total > max_output_bytes:
+                    problem = "output_limit"
+                    break
+                buffers[stream] += chunk
+            if problem:
+                break
+    finally:
+        selector.close()
+    return (
+        bytes(buffers.get(process.stdout, b"")),
+        bytes(buffers.get(process.stderr, b"")),
+        problem,
+    )
+
+
+# --- inside the sandbox --------------------------------------------------------------------------------------------
+
+_CANDIDATE_SERVER = r"""
+import os, sys
+read, write = os.fdopen(int(sys.argv[1]), "rb"), os.fdopen(int(sys.argv[2]), "wb")
+sys.path.insert(0, sys.argv[3])
+from sandbox_judge import decode_plain, encode_plain
+def send(**message):
+    write.write((json.dumps(message) + "\n").encode()); write.flush()
+import json
+job = json.loads(read.readline())
+namespace = {"__name__": "solution", "__builtins__": __builtins__}
+try:
+    exec(compile(job["program"], "solution.py", "exec"), namespace)
+    function = namespace[job["entry_point"]]
+except BaseException as error:
+    send(error=f"{type(error).__name__}: {error}"[:500]); raise SystemExit(1)
+send(ready=True)
+while True:
+    line = read.readline()
+    if not line:
+        break
+    try:
+        args, kwargs = decode_plain(line)
+        send(value=encode_plain(function(*args, **kwargs)))
+    except BaseException as error:
+        send(raised=f"{type(error).__name__}: {error}"[:500])
+"""
+
+
+class CandidateError(Exception):
+    """The generated function raised, or answered with something that is not a plain value."""
+
+
+def _limit(job: dict, uid: int | None) -> None:
+    """Resource limits, then (when started as root) drop to `uid`, for good."""
+    limits = job["limits"]
+    for name, value in (
+        ("RLIMIT_AS", limits["memory_bytes"]),
+        ("RLIMIT_CPU", limits["cpu_seconds"]),
+        ("RLIMIT_NPROC", limits["max_processes"]),
+        ("RLIMIT_FSIZE", limits["max_file_bytes"]),
+        ("RLIMIT_NOFILE", limits["max_open_files"]),
+        ("RLIMIT_CORE", 0),
+    ):
+        resource.setrlimit(getattr(resource, name), (value, value))
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+
+
+def _candidate_command(job: dict) -> list[str]:
+    return [job["python"], "-I", *job.get("python_flags", [])]
+
+
+class _Candidate:
+    """A callable standing for the generated function: plain arguments out, a plain value back."""
+
+    def __init__(self, job: dict, uid: int | None) -> None:
+        to_child, self._requests = os.pipe()
+        self._responses, from_child = os.pipe()
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.process = subprocess.Popen(
+            [*_candidate_command(job), "-c", _CANDIDATE_SERVER, str(to_child), str(from_child), here],
+            stdin=subprocess.DEVNULL,
+            # What the program prints reaches the parent's capped stderr capture, never the report.
+            stdout=sys.stderr.fileno(),
+            stderr=sys.stderr.fileno(),
+            pass_fds=(to_child, from_child),
+            preexec_fn=lambda: _limit(job, uid),
+            start_new_session=True,
+            cwd=job["workdir"],
+        )
+        os.close(to_child)
+        os.close(from_child)
+        self._write = os.fdopen(self._requests, "wb")
+        self._read = os.fdopen(self._responses, "rb")
+        self._max_bytes = job["limits"]["max_output_bytes"]
+        self._send({"program": job["program"], "entry_point": job["entry_point"]})
+        reply = self._receive()
+        if "ready" not in reply:
+            raise CandidateError(f"the program did not load: {reply.get('error', reply)}")
+
+    def _send(self, message) -> None:
+        self._write.write(((message if isinstance(message, str) else json.dumps(message)) + "\n").encode())
+        self._write.flush()
+
+    def _receive(self) -> dict:
+        line = self._read.readline(self._max_bytes + 1)
+        if not line:
+            raise CandidateError("the program exited before answering")
+        if len(line) > self._max_bytes:
+            raise CandidateError(f"an answer longer than {self._max_bytes} bytes")
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise CandidateError("a malformed answer")
+        return reply
+
+    def __call__(self, *args, **kwargs):
+        self._send(encode_plain([list(args), kwargs]))
+        reply = self._receive()
+        if "value" in reply and isinstance(reply["value"], str):
+            return decode_plain(reply["value"])
+        raise CandidateError(str(reply.get("raised", "a malformed answer")))
+
+
+def _run_function(job: dict, report) -> None:
+    uids = job.get("uids")
+    candidate = _Candidate(job, uids[1] if uids else None)
+    # From here on only the dataset's test code runs in this process: no longer root, and not readable through
+    # /proc or ptrace by the candidate.
+    _limit(job, uids[0] if uids else None)
+    _set_not_dumpable()
+    namespace = {"__name__": "judge"}
+    try:
+        exec(compile(job.get("setup") or "", "prompt.py", "exec"), namespace)
+        exec(compile(job["test"], "test.py", "exec"), namespace)
+        namespace[job["entry_point"]] = candidate
+        namespace["check"](candidate)
+    except BaseException as error:  # noqa: BLE001 - any failure of the test is a failed test
+        report({"passed": False, "error": f"{type(error).__name__}: {error}"[:500]})
+        return
+    report({"passed": True, "error": None})
+
+
+def _kill_all_of(uid: int | None, process: subprocess.Popen) -> None:
+    """Kills every process the candidate left behind: as its uid, `kill(-1)` reaches all of them (and nothing else);
+    without a uid of its own, its process group."""
+    if uid is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _run_stdio(job: dict, report) -> None:
+    uids = job.get("uids")
+    uid = uids[1] if uids else None
+    path = os.path.join(job["workdir"], "solution.py")
+    with open(path, "w") as file:
+        file.write(job["program"])
+    os.chmod(path, 0o644)
+    outputs, errors = [], []
+    for test_input, expected in zip(job["inputs"], job["expected"], strict=True):
+        process = subprocess.Popen(
+            [*_candidate_command(job), path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: _limit(job, uid),
+            start_new_session=True,
+            cwd=job["workdir"],
+        )
+        stdout, _, problem = communicate(
+            process, test_input.encode(), job["time_limit"], job["limits"]["max_output_bytes"]
+        )
+        _kill_all_of(uid, process)
+        returncode = process.wait()
+        if problem is None and returncode != 0:
+            problem = f"exit status {returncode}"
+        output = None if problem else stdout.decode(errors="replace")
+        outputs.append(output)
+        errors.append(problem)
+        if output is None or not outputs_match(output, expected):
+            break
+    report({"outputs": outputs, "errors": errors})
+
+
+def _set_not_dumpable() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.buffer.read())
+    # The report goes to the original stdout; anything the test code prints goes to stderr.
+    report_stream = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    os.chdir(job["workdir"])
+
+    def report(result: dict) -> None:
+        report_stream.write(json.dumps(result) + "\n")
+        report_stream.flush()
+
+    if job["mode"] == "function":
+        try:
+            _run_function(job, report)
+        except BaseException as error:  # noqa: BLE001
+            report({"passed": False, "error": f"{type(error).__name__}: {error}"[:500]})
+    else:
+        _run_stdio(job, report)
+
+
+if __name__ == "__main__":
+    main()
