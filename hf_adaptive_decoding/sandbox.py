@@ -36,6 +36,22 @@ UNPROTECTED_WITH_BUBBLEWRAP = (
     "seccomp filter), and the machine's CPU and memory bandwidth are shared"
 )
 _warned = set()
+# Worker slots per local process; local process r of a distributed run gets slots [r * _SLOTS_PER_RANK, ...).
+_SLOTS_PER_RANK = 4096
+_UID_SLOTS = 16 * _SLOTS_PER_RANK
+_next_slot = 0
+_slot_lock = threading.Lock()
+
+
+def _reserve_slots(count: int) -> int:
+    """The first of `count` worker slots no other sandbox of this process uses (wrapping around after 4096)."""
+    global _next_slot
+    with _slot_lock:
+        if _next_slot + count > _SLOTS_PER_RANK:
+            _next_slot = 0
+        first, _next_slot = _next_slot, _next_slot + count
+    rank = int(os.environ.get("LOCAL_RANK", "0")) % 16
+    return rank * _SLOTS_PER_RANK + first
 
 
 @dataclass
@@ -65,8 +81,10 @@ class SandboxConfig:
         num_workers (`int`, *optional*): executions run in parallel; default: the number of CPUs.
         python_executable (`str`, *optional*): interpreter for the programs; default: the base interpreter of the
             running Python (standard library only; started with `-I`).
-        uid_base (`int`, defaults to 1_500_000_000): when running as root, worker `i` uses uids `uid_base + 2 i`
-            (the judge) and `uid_base + 2 i + 1` (the program). Pick a range no real user has.
+        uid_base (`int`, defaults to 1_500_000_000): when running as root, each worker gets two uids of its own
+            (the judge's and the program's) from `uid_base` up, disjoint across the sandboxes of a process and across
+            the processes of a distributed run (by `LOCAL_RANK`), so that no two workers share a process count.
+            Pick a range no real user has (the default spans about 2**17 uids).
     """
 
     isolation: str = "auto"
@@ -101,8 +119,8 @@ class SandboxConfig:
             self.num_workers = os.cpu_count() or 1
         if not isinstance(self.num_workers, int) or self.num_workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, got {self.num_workers!r}.")
-        if not isinstance(self.uid_base, int) or not 1000 <= self.uid_base <= 2**31 - 2 * self.num_workers - 2:
-            raise ValueError(f"uid_base must be an int in [1000, 2**31 - 2 * num_workers), got {self.uid_base!r}.")
+        if not isinstance(self.uid_base, int) or not 1000 <= self.uid_base <= 2**31 - 2 * _UID_SLOTS:
+            raise ValueError(f"uid_base must be an int in [1000, 2**31 - {2 * _UID_SLOTS}], got {self.uid_base!r}.")
         if self.python_executable is None:
             self.python_executable = getattr(sys, "_base_executable", None) or sys.executable
         self.python_executable = os.path.realpath(self.python_executable)
@@ -202,8 +220,10 @@ class Sandbox:
         self.as_root = os.geteuid() == 0
         if self.as_root and isolation == "none":
             self._check_reachable(self.config.python_executable)
+        first_slot = _reserve_slots(self.config.num_workers)
+        self.slots = range(first_slot, first_slot + self.config.num_workers)
         self._slots: SimpleQueue[int] = SimpleQueue()
-        for slot in range(self.config.num_workers):
+        for slot in self.slots:
             self._slots.put(slot)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -219,7 +239,7 @@ class Sandbox:
                 )
 
     def uids(self, slot: int) -> tuple[int, int] | None:
-        """The (judge, program) uids of worker `slot` when running as root, else `None`."""
+        """The (judge, program) uids of worker `slot` (one of `self.slots`) when running as root, else `None`."""
         if not self.as_root:
             return None
         return self.config.uid_base + 2 * slot, self.config.uid_base + 2 * slot + 1

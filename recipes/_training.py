@@ -3,6 +3,7 @@
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from transformers import set_seed
@@ -13,15 +14,22 @@ from hf_adaptive_decoding import (
     AdapterTrainerConfig,
     AdaptiveDecodingConfig,
     AutoDecodingAdapter,
+    SandboxConfig,
     arithmetic_dataset,
+    load_code_contests_dataset,
     load_default_model,
     load_gsm8k_dataset,
+    load_humaneval_dataset,
     load_math_dataset,
+    make_code_reward,
     math_reward,
 )
 from hf_adaptive_decoding.default_model import default_model_revision
 
-DATASETS = ("arithmetic", "math", "gsm8k")
+DATASETS = ("arithmetic", "math", "gsm8k", "humaneval", "code_contests")
+CODE_DATASETS = ("humaneval", "code_contests")
+# (train split, validation split) when none is given. MATH-500, the default MATH source, and HumanEval have one set.
+DEFAULT_SPLITS = {"math": ("test", "test"), "gsm8k": ("train", "test"), "code_contests": ("train", "valid")}
 
 
 @dataclass
@@ -34,19 +42,27 @@ class ScriptArguments:
     adapter: str | None = field(default=None, metadata={"help": "Start from this adapter (folder or Hub id)."})
     adapter_hidden_size: int = 256
     dataset: str = field(default="arithmetic", metadata={"help": f"One of {DATASETS}."})
-    dataset_path: str | None = field(default=None, metadata={"help": "math/gsm8k: Hub id, file or folder."})
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "math/gsm8k/code_contests: Hub id, file or folder."}
+    )
     train_split: str | None = field(default=None, metadata={"help": "Default: train (math: test, see below)."})
     eval_split: str | None = field(
         default=None,
         metadata={
-            "help": "Default: validation (arithmetic), test (gsm8k, math). When it is the train split, or the source "
-            "is one file, the validation prompts are carved out of it, disjoint from the training prompts."
+            "help": "Default: validation (arithmetic), test (gsm8k, math), valid (code_contests). When it is the "
+            "train split, or the source is one file (or HumanEval's 164 problems), the validation prompts are "
+            "carved out of it, disjoint from the training prompts."
         },
     )
     num_train_examples: int = 2000
     num_eval_examples: int = 64
     families: list[str] | None = field(default=None, metadata={"help": "arithmetic: task families (all)."})
     levels: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "arithmetic: difficulty levels."})
+    sandbox_workers: int | None = field(
+        default=None, metadata={"help": "Code datasets: programs executed in parallel (default: number of CPUs)."}
+    )
+    sandbox_timeout: float = field(default=10.0, metadata={"help": "Code datasets: seconds per execution."})
+    max_tests: int | None = field(default=None, metadata={"help": "code_contests: tests per problem (all)."})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'true' for the newest checkpoint in output_dir, or a checkpoint folder."}
     )
@@ -57,26 +73,41 @@ def load_data(args: ScriptArguments):
         train = arithmetic_dataset("train", args.num_train_examples, args.families, args.levels)
         evaluation = arithmetic_dataset("validation", args.num_eval_examples, args.families, args.levels)
         return train, evaluation
+    if args.dataset == "humaneval":
+        return _carve(load_humaneval_dataset(), args)
     loaders = {"math": load_math_dataset, "gsm8k": load_gsm8k_dataset}
+    loaders["code_contests"] = partial(load_code_contests_dataset, max_tests=args.max_tests)
     if args.dataset not in loaders:
         raise ValueError(f"--dataset must be one of {DATASETS}, got {args.dataset!r}.")
     load = loaders[args.dataset]
     source = {"path_or_id": args.dataset_path} if args.dataset_path else {}
-    # MATH-500, the default MATH source, has a test split only.
-    train_split = args.train_split or ("test" if args.dataset == "math" else "train")
-    eval_split = args.eval_split or "test"
+    default_train, default_eval = DEFAULT_SPLITS[args.dataset]
+    train_split = args.train_split or default_train
+    eval_split = args.eval_split or default_eval
     if train_split == eval_split or (args.dataset_path and os.path.isfile(args.dataset_path)):
-        full = load(split=train_split, **source)
-        if len(full) <= args.num_eval_examples:
-            raise ValueError(
-                f"{len(full)} examples cannot give {args.num_eval_examples} validation prompts and training prompts."
-            )
-        parts = full.train_test_split(test_size=args.num_eval_examples, seed=0)
-        train = parts["train"].select(range(min(args.num_train_examples, len(parts["train"]))))
-        return train, parts["test"]
+        return _carve(load(split=train_split, **source), args)
     train = load(split=train_split, num_examples=args.num_train_examples, **source)
     evaluation = load(split=eval_split, num_examples=args.num_eval_examples, **source)
     return train, evaluation
+
+
+def _carve(full, args: ScriptArguments):
+    """Validation prompts carved out of one set, disjoint from the training prompts."""
+    if len(full) <= args.num_eval_examples:
+        raise ValueError(
+            f"{len(full)} examples cannot give {args.num_eval_examples} validation prompts and training prompts."
+        )
+    parts = full.train_test_split(test_size=args.num_eval_examples, seed=0)
+    train = parts["train"].select(range(min(args.num_train_examples, len(parts["train"]))))
+    return train, parts["test"]
+
+
+def reward_function(args: ScriptArguments):
+    """math-verify for the math datasets; sandboxed execution against the tests for the code datasets."""
+    if args.dataset in CODE_DATASETS:
+        config = SandboxConfig(timeout=args.sandbox_timeout, num_workers=args.sandbox_workers)
+        return make_code_reward(config)
+    return math_reward
 
 
 def main(level: str, default_config: Path) -> None:
@@ -104,7 +135,7 @@ def main(level: str, default_config: Path) -> None:
     trainer = AdapterTrainer(
         model=model,
         adapter=adapter,
-        reward_funcs=math_reward,
+        reward_funcs=reward_function(script_args),
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

@@ -203,3 +203,63 @@ def test_hub_ids_are_passed_to_load_dataset(monkeypatch):
     assert calls[-1] == ("deepmind/code_contests", {"split": "train"})
     load_code_contests_dataset("deepmind/code_contests", split="valid", revision="abc")
     assert calls[-1] == ("deepmind/code_contests", {"split": "valid", "revision": "abc"})
+
+
+# Scored through the real reward, in the real sandbox: a sandbox too tight to run anything, or a comparison too loose
+# to fail anything, shows here.
+
+BROKEN_RESULT = """
+_original = {entry_point}
+def {entry_point}(*args, **kwargs):
+    result = _original(*args, **kwargs)
+    if isinstance(result, bool):
+        return not result
+    if isinstance(result, (int, float)):
+        return result + 1
+    if isinstance(result, str):
+        return result + "?"
+    if isinstance(result, (list, tuple)):
+        return type(result)([*result, result[0] if result else 0])
+    return (result,)
+"""
+
+
+@pytest.fixture(scope="module")
+def reward():
+    from hf_adaptive_decoding.code_rewards import make_code_reward
+    from hf_adaptive_decoding.sandbox import SandboxConfig
+
+    reward = make_code_reward(SandboxConfig(isolation="bubblewrap", timeout=30, num_workers=2))
+    yield reward
+    reward.sandbox.close()
+
+
+def test_every_humaneval_canonical_solution_scores_1_and_broken_variants_score_0(reward):
+    dataset = load_humaneval_dataset()
+    columns = {key: dataset[key] for key in ("test", "entry_point", "code_prompt")}
+    canonical = reward(dataset["prompt"], dataset["canonical_solution"], **columns)
+    assert [task for task, score in zip(dataset["task_id"], canonical, strict=True) if score != 1.0] == []
+    # The same solutions in a chat reply: one fenced block holding the whole function.
+    fenced = [
+        f"Here you go:\n```python\n{prompt}{solution}```\nIt works."
+        for prompt, solution in zip(dataset["code_prompt"], dataset["canonical_solution"], strict=True)
+    ]
+    assert reward(dataset["prompt"], fenced, **columns) == [1.0] * 164
+    # Broken two ways: no answer at all, and the right answer nudged (+1, negated, one more element...).
+    empty = reward(dataset["prompt"], ["    return None\n"] * 164, **columns)
+    nudged = [
+        solution + BROKEN_RESULT.format(entry_point=entry_point)
+        for solution, entry_point in zip(dataset["canonical_solution"], dataset["entry_point"], strict=True)
+    ]
+    assert empty == [0.0] * 164
+    assert reward(dataset["prompt"], nudged, **columns) == [0.0] * 164
+
+
+@pytest.mark.parametrize("path", [TRAIN_FILE, TEST_FILE])
+def test_code_contests_fixture_solutions_score_1_and_incorrect_ones_0(reward, path):
+    problems = {row["name"]: row for row in read_jsonl(path)}
+    dataset = load_code_contests_dataset(str(path))
+    columns = {key: dataset[key] for key in ("test_inputs", "test_outputs", "time_limit")}
+    for field, score in (("solutions", 1.0), ("incorrect_solutions", 0.0)):
+        completions = [f"```python\n{problems[name][field]['solution'][0]}```" for name in dataset["name"]]
+        assert reward(dataset["prompt"], completions, **columns) == [score] * len(dataset)

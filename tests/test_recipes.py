@@ -75,3 +75,30 @@ def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
         assert not set(train["prompt"]) & set(evaluation["prompt"])
     train, evaluation = load_data(ScriptArguments(num_train_examples=50, num_eval_examples=10))
     assert not set(train["key"]) & set(evaluation["key"])
+    train, evaluation = load_data(ScriptArguments(dataset="humaneval", num_train_examples=200, num_eval_examples=16))
+    assert (len(train), len(evaluation)) == (148, 16)
+    assert not set(train["task_id"]) & set(evaluation["task_id"])
+    folder = str(ROOT / "tests/data/code_contests")
+    args = ScriptArguments(
+        dataset="code_contests", dataset_path=folder, eval_split="test", num_train_examples=3, num_eval_examples=3
+    )
+    train, evaluation = load_data(args)
+    assert train["name"] == ["1900_A. Sum of Two Numbers", "1901_B. Mirror Lines", "1902_A. Count the Vowels"]
+    assert len(evaluation) == 3 and not set(train["name"]) & set(evaluation["name"])
+
+
+@pytest.mark.slow
+def test_humaneval_config_trains_a_sequence_adapter_end_to_end(default_model, tmp_path):
+    """The code recipe: HumanEval prompts, completions executed in the sandbox, a saved adapter with its card."""
+    output = tmp_path / "adapter"
+    command = [sys.executable, str(ROOT / "recipes" / "train_seq.py")]
+    command += ["--config", str(ROOT / "recipes/configs/train_seq_humaneval.yaml"), "--output_dir", str(output)]
+    command += ["--max_steps", "1", "--per_device_train_batch_size", "2", "--num_generations", "2"]
+    command += ["--parallel_budgets", "1", "--max_new_tokens", "24", "--num_eval_examples", "2"]
+    command += ["--per_device_eval_batch_size", "2", "--disable_tqdm", "true", "--sandbox_workers", "2"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((output / "config.json").read_text())["decoding"]["level"] == "sequence"
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/code_reward/mean" in record for record in records)
+    assert "static" in json.loads((output / "eval_results.json").read_text())
