@@ -263,7 +263,11 @@ class Sandbox:
             command += ["--perms", "1777", "--size", size, "--tmpfs", writable]
         hidden = [path for path in ("/root", "/home", "/run") if os.path.isdir(path)]
         home = os.path.realpath(os.path.expanduser("~"))
-        if home != "/" and not any(home.startswith(path + "/") or home == path for path in hidden):
+        if (
+            os.path.isdir(home)
+            and home != "/"
+            and not any(home == path or home.startswith(path + "/") for path in hidden)
+        ):
             hidden.append(home)
         for path in hidden:
             command += ["--perms", "0755", "--size", "1048576", "--tmpfs", path]
