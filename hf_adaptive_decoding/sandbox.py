@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -325,8 +326,10 @@ class Sandbox:
             os.chmod(judge, 0o444)
             command, cwd = [self.config.python_executable, "-I", "-S", judge], workdir
             job = {**job, "workdir": workdir}
+        nonce = secrets.token_hex(16)
         job = {
             **job,
+            "nonce": nonce,
             "python": self.config.python_executable,
             "limits": self._limits(),
             "uids": uids,
@@ -351,13 +354,13 @@ class Sandbox:
                 shutil.rmtree(workdir, ignore_errors=True)
         report = None
         if problem is None:
-            lines = stdout.decode(errors="replace").strip().splitlines()
-            try:
-                report = json.loads(lines[-1]) if lines else None
-            except json.JSONDecodeError:
-                report = None
-            if not isinstance(report, dict):
-                report = None
+            for line in stdout.decode(errors="replace").splitlines():
+                try:
+                    candidate = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(candidate, dict) and candidate.pop("nonce", None) == nonce:
+                    report = candidate
         status = problem or ("ok" if report is not None else "crashed")
         return ExecutionResult(status, report, stderr.decode(errors="replace"), time.monotonic() - start)
 

@@ -279,7 +279,7 @@ def _run_function(job: dict, report) -> None:
     # From here on only the dataset's test code runs in this process: no longer root, and not readable through
     # /proc or ptrace by the candidate.
     _limit(job, uids[0] if uids else None)
-    _set_not_dumpable()
+    _set_not_dumpable()  # again: changing uids resets it
     namespace = {"__name__": "judge"}
     try:
         exec(compile(job.get("setup") or "", "prompt.py", "exec"), namespace)
@@ -354,6 +354,9 @@ def _set_not_dumpable() -> None:
 
 
 def main() -> None:
+    # Before any other process exists in the sandbox: this process's memory (the job, its nonce) and its file
+    # descriptors stay out of reach of /proc and ptrace.
+    _set_not_dumpable()
     job = json.loads(sys.stdin.buffer.read())
     # The report goes to the original stdout; anything the test code prints goes to stderr.
     report_stream = os.fdopen(os.dup(1), "w")
@@ -361,7 +364,8 @@ def main() -> None:
     os.chdir(job["workdir"])
 
     def report(result: dict) -> None:
-        report_stream.write(json.dumps(result) + "\n")
+        # The nonce, known to the parent and this process only, tells the report apart from anything else printed.
+        report_stream.write(json.dumps({**result, "nonce": job["nonce"]}) + "\n")
         report_stream.flush()
 
     if job["mode"] == "function":
