@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -9,7 +10,6 @@ from collections.abc import Callable, Sequence
 from .sandbox import ExecutionResult, Sandbox, SandboxConfig
 from .sandbox_judge import outputs_match
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("", "python", "python3", "py", "py3")
 
 
@@ -20,6 +20,44 @@ def _text(completion) -> str:
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
         return str(completion[-1].get("content") or "")
     raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}.")
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """`(tag, code)` of each fenced block, in one pass over the lines: a fence opens at ```` ``` ```` anywhere on a
+    line (its tag is the first word after it) and closes at a line that starts or ends with ```` ``` ````; an
+    unclosed last block runs to the end."""
+    blocks, tag, lines = [], None, []
+    for line in text.split("\n"):
+        if tag is None:
+            start = line.find("```")
+            if start != -1:
+                words = line[start + 3 :].split()
+                tag, lines = (words[0].lower() if words else ""), []
+            continue
+        stripped = line.strip()
+        if stripped.startswith("```") or stripped.endswith("```"):
+            if not stripped.startswith("```"):
+                lines.append(line[: line.rfind("```")])
+            blocks.append((tag, "\n".join(lines) + "\n"))
+            tag = None
+        else:
+            lines.append(line)
+    if tag is not None:
+        blocks.append((tag, "\n".join(lines)))
+    return blocks
+
+
+@functools.lru_cache(maxsize=4096)
+def complete_stub(code_prompt: str) -> str:
+    """The prompt as code that compiles on its own: as is (a signature with a docstring), with `pass` added (a bare
+    signature, as in MBPP-style prompts), or nothing when neither compiles. Compiling runs nothing."""
+    for candidate in (code_prompt, code_prompt.rstrip("\n") + "\n    pass\n"):
+        try:
+            compile(candidate, "prompt.py", "exec")
+            return candidate
+        except (SyntaxError, ValueError):
+            continue
+    return ""
 
 
 def extract_code(completion, code_prompt: str | None = None, entry_point: str | None = None) -> str:
@@ -41,7 +79,7 @@ def extract_code(completion, code_prompt: str | None = None, entry_point: str | 
         entry_point (`str`, *optional*): the function's name.
     """
     text = _text(completion)
-    blocks = [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
+    blocks = [body for tag, body in _fenced_blocks(text) if tag in _PYTHON_TAGS]
     defines = (
         re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE) if entry_point else None
     )
@@ -53,7 +91,7 @@ def extract_code(completion, code_prompt: str | None = None, entry_point: str | 
     if code_prompt is None:
         return code
     if defines is not None and defines.search(code):
-        return f"{code_prompt}\n{code}"
+        return f"{complete_stub(code_prompt)}\n{code}"
     return code_prompt + code
 
 
@@ -115,7 +153,7 @@ def make_code_reward(config: SandboxConfig | None = None, sandbox: Sandbox | Non
                 job = {
                     "mode": "function",
                     "program": program,
-                    "setup": code_prompt,
+                    "setup": complete_stub(code_prompt),
                     "test": tests[i],
                     "entry_point": entry_points[i],
                 }

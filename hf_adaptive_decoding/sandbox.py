@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import secrets
 import shutil
 import signal
@@ -20,6 +21,7 @@ from queue import SimpleQueue
 
 from . import sandbox_judge
 from .sandbox_judge import communicate
+from .seccomp import seccomp_filter
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +66,9 @@ class SandboxConfig:
     Args:
         isolation (`str`, defaults to `"auto"`): `"bubblewrap"` (Linux namespaces through Debian's `bwrap`: no
             network, a read-only view of the host with `/tmp`, `/root`, `/home`, `/run` and your home folder replaced
-            by empty folders, its own process tree), `"none"` (resource limits and a scrubbed environment only; a
-            loud warning says what is not protected) or `"auto"` (bubblewrap when it works here, else none).
+            by empty folders, its own process tree, a seccomp filter (see `seccomp.py`), and as root no capability
+            but the two that hand the program its own uid), `"none"` (resource limits and a scrubbed environment
+            only; a loud warning says what is not protected) or `"auto"` (bubblewrap when it works here, else none).
         timeout (`float`, defaults to 10.0): wall-clock seconds for a whole execution, enforced by the parent with
             SIGKILL on the sandbox's whole process tree.
         test_timeout (`float`, defaults to 4.0): stdin/stdout tests: seconds for each run of the program.
@@ -219,6 +222,12 @@ class Sandbox:
             )
         self.isolation = isolation
         self.as_root = os.geteuid() == 0
+        self._seccomp = seccomp_filter() if isolation == "bubblewrap" else None
+        if isolation == "bubblewrap" and self._seccomp is None:
+            _warn_once(
+                f"No seccomp filter for {platform.machine()} (only x86-64 has one): sandboxed programs can create "
+                "user namespaces and unix sockets, and reach every system call."
+            )
         if self.as_root and isolation == "none":
             self._check_reachable(self.config.python_executable)
         first_slot = _reserve_slots(self.config.num_workers)
@@ -283,6 +292,9 @@ class Sandbox:
         command += ["--perms", "0755", "--dir", os.path.dirname(SANDBOX_JUDGE_PATH)]
         command += ["--ro-bind", str(JUDGE_PATH), SANDBOX_JUDGE_PATH]
         command += _namespace_arguments()
+        if self.as_root:
+            # The judge only needs to hand the program its own uids; everything else root could do is dropped.
+            command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         command += ["--hostname", "sandbox", "--chdir", "/tmp", "--clearenv"]
         for name, value in self._environment().items():
             command += ["--setenv", name, value]
@@ -316,8 +328,16 @@ class Sandbox:
         start = time.monotonic()
         uids = self.uids(slot)
         workdir = None
+        pass_fds = ()
         if self.isolation == "bubblewrap":
             command, cwd = self._bubblewrap_command(), "/"
+            if self._seccomp is not None:
+                # A fresh in-memory file per execution: bubblewrap reads the filter from it.
+                seccomp_fd = os.memfd_create("hf-adaptive-decoding-seccomp")
+                os.write(seccomp_fd, self._seccomp)
+                os.lseek(seccomp_fd, 0, os.SEEK_SET)
+                pass_fds = (seccomp_fd,)
+                command = [command[0], "--seccomp", str(seccomp_fd), *command[1:]]
             job = {**job, "workdir": "/tmp"}
         else:
             workdir = tempfile.mkdtemp(prefix="hf-adaptive-decoding-sandbox-")
@@ -335,15 +355,20 @@ class Sandbox:
             "uids": uids,
             "time_limit": min(float(job.get("time_limit") or self.config.test_timeout), self.config.test_timeout),
         }
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=self._environment() if self.isolation == "none" else {"PATH": SANDBOX_PATH},
-            start_new_session=True,
-        )
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=self._environment() if self.isolation == "none" else {"PATH": SANDBOX_PATH},
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
         try:
             stdout, stderr, problem = communicate(
                 process, json.dumps(job).encode(), timeout, self.config.max_output_bytes

@@ -40,7 +40,9 @@ def _to_json(value, depth: int = 0):
     if value is None or isinstance(value, (bool, str)):
         return str(value) if isinstance(value, str) and type(value) is not str else value
     if isinstance(value, int):
-        return int(value)
+        value = int(value)
+        # Hexadecimal escapes Python's 4300-digit limit on int <-> decimal text.
+        return value if -(2**63) < value < 2**63 else {"$i": hex(value)}
     if isinstance(value, float):
         value = float(value)
         return value if math.isfinite(value) else {"$f": repr(value)}
@@ -68,6 +70,8 @@ def _from_json(obj):
         return {key: value for key, value in payload}
     if tag == "$f":
         return float(payload)
+    if tag == "$i":
+        return int(payload, 16)
     if tag == "$c":
         return complex(*payload)
     if tag == "$b":
@@ -76,8 +80,8 @@ def _from_json(obj):
 
 
 def encode_plain(value) -> str:
-    """One line of JSON for a plain value: None, bool, int, float, complex, str, bytes, list, tuple, set, frozenset,
-    dict (nested). Raises `TypeError` for anything else."""
+    """One line of JSON for a plain value: None, bool, int (any size), float, complex, str, bytes, list, tuple, set,
+    frozenset, dict (nested). Raises `TypeError` for anything else."""
     return json.dumps(_to_json(value), separators=(",", ":"))
 
 
