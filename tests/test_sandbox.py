@@ -26,19 +26,19 @@ from pathlib import Path
 
 import pytest
 
+from hf_adaptive_decoding import sandbox as sandbox_module
 from hf_adaptive_decoding.code_rewards import make_code_reward
 from hf_adaptive_decoding.sandbox import (
     JUDGE_PATH,
     SANDBOX_JUDGE_PATH,
+    Sandbox,
     SandboxConfig,
-    bubblewrap_available,
     processes_of,
 )
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not bubblewrap_available(),
-    reason="the adversarial suite holds the bubblewrap sandbox to its promises: it needs a working bwrap",
-)
+# No skip without bwrap: the suite holds the bubblewrap sandbox to its promises, and a machine where it cannot run
+# must show up red (the sandbox then says how to install it), not as skipped tests.
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces")
 
 TIMEOUT = 3.0
 TEST_TIMEOUT = 1.5
@@ -1032,3 +1032,83 @@ def test_correct_function_with_a_big_integer_answer_passes(reward):
     )
     scores = reward([prompt], [completion], test=[test], entry_point=["factorial"], code_prompt=[prompt])
     assert scores == [1.0]
+
+
+# --- configuration, and the weaker isolation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("isolation", "docker", "isolation must be one of"),
+        ("timeout", 0, "timeout must be a number of seconds > 0, got 0"),
+        ("memory_mb", 0.5, "memory_mb must be an int >= 1, got 0.5"),
+        ("max_processes", True, "max_processes must be an int >= 1, got True"),
+        ("max_open_files", 3, "max_open_files must be an int >= 16"),
+        ("num_workers", 0, "num_workers must be an int >= 1, got 0"),
+        ("uid_base", 0, "uid_base must be an int in [1000,"),
+        ("python_executable", "/nonexistent/python", "'/nonexistent/python' is not an executable file"),
+    ],
+)
+def test_invalid_config_names_the_value(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SandboxConfig(**{field: value})
+
+
+def test_bubblewrap_required_but_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(sandbox_module, "bubblewrap_available", lambda: False)
+    with pytest.raises(RuntimeError, match="apt-get install bubblewrap"):
+        Sandbox(SandboxConfig(isolation="bubblewrap"))
+
+
+def test_without_bubblewrap_it_warns_once_and_loudly(monkeypatch, capsys, caplog):
+    monkeypatch.setattr(sandbox_module, "bubblewrap_available", lambda: False)
+    monkeypatch.setattr(sandbox_module, "_warned", set())
+    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
+    if not os.access(python, os.X_OK):
+        pytest.skip("no interpreter an unprivileged uid can reach")
+    for _ in range(2):
+        assert Sandbox(SandboxConfig(isolation="auto", python_executable=python)).isolation == "none"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1
+    assert "WITHOUT namespace isolation" in warnings[0] and "read and write every file" in warnings[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root runs the programs under uids of their own")
+def test_without_bubblewrap_root_refuses_an_interpreter_its_uids_cannot_reach(monkeypatch, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    python = private / "python3"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sandbox_module, "bubblewrap_available", lambda: False)
+    with pytest.raises(RuntimeError, match="is not world-accessible"):
+        Sandbox(SandboxConfig(isolation="none", python_executable=str(python)))
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK), reason="needs root and a system Python"
+)
+def test_without_bubblewrap_limits_and_uids_still_hold(monkeypatch):
+    """isolation="none" as root: no namespaces, but the limits, the deadline, the scrubbed environment and the
+    uids of their own (so that the process limit holds, and every leftover is found and killed) still apply."""
+    monkeypatch.setenv(SECRET_NAME, "none-mode-secret")
+    config = make_config(isolation="none", python_executable="/usr/bin/python3", max_processes=16)
+    sandbox = Sandbox(config)
+    marker = f"hfad-none-{TOKEN}"
+    programs = {
+        "correct": "print(sum(map(int, input().split())))",
+        "secret": f"import os\nprint(os.environ.get({SECRET_NAME!r}, 3))",
+        "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "orphan": "import os\nif os.fork() == 0:\n    os.setsid()\n"
+        f"    os.execvp('sleep', ['sleep', '300', {marker!r}])\nprint(3)",
+    }
+    start = time.monotonic()
+    results = sandbox.run_many(
+        [{"mode": "stdio", "program": code, "inputs": ["1 2\n"], "expected": ["3"]} for code in programs.values()]
+    )
+    outputs = dict(zip(programs, [result.report["outputs"] for result in results], strict=True))
+    assert outputs["correct"] == ["3\n"] and outputs["secret"] == ["3\n"] and outputs["fork_bomb"] == [None]
+    assert time.monotonic() - start < wall_bound(len(programs))
+    uids = {uid for slot in sandbox.slots for uid in sandbox.uids(slot)}
+    assert_no_leftovers(uids, marker)
