@@ -158,8 +158,10 @@ class Host:
         # Canary folders: one the sandbox hides (under pytest's tmp_path), /tmp itself, and one it sees read-only.
         self.folders = [tmp_path / "canaries"]
         self.folders[0].mkdir()
-        candidate = REPO / f".hfad-sandbox-canaries-{secrets.token_hex(4)}"
-        self.visible = candidate if visible_in_sandbox(REPO) else None
+        # The checkout when the sandbox sees it; else (a checkout under /tmp or /home, as in CI) a system folder.
+        parents = [p for p in (REPO, Path("/var/lib"), Path("/var/cache")) if p.is_dir() and os.access(p, os.W_OK)]
+        parent = next((p for p in parents if visible_in_sandbox(p)), None)
+        self.visible = parent / f".hfad-sandbox-canaries-{secrets.token_hex(4)}" if parent else None
         if self.visible is not None:
             self.visible.mkdir()
             self.folders.append(self.visible)
@@ -967,7 +969,7 @@ def test_unix_socket_in_visible_folder_is_unreachable(reward, host):
     """A read-only mount does not stop connect() on a host socket file the sandbox can see, and the network namespace
     covers TCP/UDP and abstract sockets only: the seccomp filter refuses unix sockets."""
     if host.visible is None:
-        pytest.skip("the repository is hidden from the sandbox here: no visible folder to put the socket in")
+        pytest.skip("no writable folder the sandbox sees: nowhere to put the socket")
     path = host.visible / "s"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
