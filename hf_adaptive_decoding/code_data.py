@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from datasets import Dataset, Features, List, Value
 
-from .data import _load_source, _require_columns
+from .data import _keep_rows, _load_source, _require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -161,15 +161,6 @@ def load_code_contests_dataset(
         }
     )
     dataset = dataset.map(convert, remove_columns=dataset.column_names, features=features)
-    tested = dataset.filter(lambda inputs: len(inputs) > 0, input_columns="test_inputs")
-    if len(tested) == 0:
-        raise ValueError(f"None of the {len(dataset)} problems of {path_or_id!r} has {'/'.join(kinds)} tests.")
-    if len(tested) < len(dataset):
-        logger.warning(
-            "Skipping %d of %d problems of %r without %s tests.",
-            len(dataset) - len(tested),
-            len(dataset),
-            path_or_id,
-            "/".join(kinds),
-        )
+    tests = f"{'/'.join(kinds)} tests"
+    tested = _keep_rows(dataset, path_or_id, "test_inputs", lambda inputs: len(inputs) > 0, tests, "problems", logger)
     return _first(tested, path_or_id, num_examples)

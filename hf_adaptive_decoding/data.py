@@ -113,19 +113,22 @@ def _require_columns(dataset: Dataset, source: str, expected: list[str], kind: s
         )
 
 
+def _keep_rows(
+    dataset: Dataset, source: str, column: str, keep, lacking: str, rows: str = "rows", log=logger
+) -> Dataset:
+    """The rows whose `column` passes `keep`, with a warning naming how many lack `lacking`; an error when none
+    is left."""
+    kept = dataset.filter(keep, input_columns=column)
+    if len(kept) == 0:
+        raise ValueError(f"None of the {len(dataset)} {rows} of {source!r} has {lacking}.")
+    if len(kept) < len(dataset):
+        skipped = len(dataset) - len(kept)
+        log.warning("Skipping %d of %d %s of %r without %s.", skipped, len(dataset), rows, source, lacking)
+    return kept
+
+
 def _drop_unanswered(dataset: Dataset, source: str, what: str) -> Dataset:
-    answered = dataset.filter(lambda answer: answer is not None, input_columns="answer")
-    if len(answered) == 0:
-        raise ValueError(f"None of the {len(dataset)} rows of {source!r} has a final answer ({what}).")
-    if len(answered) < len(dataset):
-        logger.warning(
-            "Skipping %d of %d rows of %r without a final answer (%s).",
-            len(dataset) - len(answered),
-            len(dataset),
-            source,
-            what,
-        )
-    return answered
+    return _keep_rows(dataset, source, "answer", lambda answer: answer is not None, f"a final answer ({what})")
 
 
 def _subset(dataset: Dataset, source: str, num_examples: int | None, seed: int) -> Dataset:
