@@ -13,6 +13,7 @@ from typing import Any, Literal
 LEVELS = ("token", "sequence")
 BUDGET_FEATURES = (None, "linear", "log")
 PROMPT_POOLINGS = ("last", "mean")
+CONTEXT_FEATURES = ("hidden_state", "entropy")
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,9 @@ class AdaptiveDecodingConfig:
             or the mean over the prompt's non-padding tokens (`"mean"`).
         policy_temperature (`float`, defaults to 1.0):
             The policy samples from `softmax(logits / policy_temperature)` (Algorithms 1 and 2).
+        context_features (`str`, defaults to `"hidden_state"`):
+            What the policy sees of the context: the language model's final hidden state (`"hidden_state"`), or, token
+            level only, just the entropy of the next-token distribution (`"entropy"`, the ablation of Section 4).
     """
 
     actions: list[DecodingAction] = field(default_factory=list)
@@ -211,6 +215,7 @@ class AdaptiveDecodingConfig:
     budget_scale: float | None = None
     prompt_pooling: Literal["last", "mean"] = "last"
     policy_temperature: float = 1.0
+    context_features: Literal["hidden_state", "entropy"] = "hidden_state"
 
     def __post_init__(self):
         if isinstance(self.actions, (str, bytes)) or not isinstance(self.actions, Iterable):
@@ -249,6 +254,16 @@ class AdaptiveDecodingConfig:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"AdaptiveDecodingConfig.policy_temperature must be > 0, got {temperature!r}.")
         self.policy_temperature = float(temperature)
+        if self.context_features not in CONTEXT_FEATURES:
+            raise ValueError(
+                f"AdaptiveDecodingConfig.context_features must be one of {CONTEXT_FEATURES}, got "
+                f"{self.context_features!r}."
+            )
+        if self.context_features == "entropy" and self.level != "token":
+            raise ValueError(
+                "AdaptiveDecodingConfig.context_features='entropy' is a token-level feature (the entropy of each "
+                f"step's next-token distribution); level is {self.level!r}. Use context_features='hidden_state'."
+            )
 
     @property
     def num_actions(self) -> int:

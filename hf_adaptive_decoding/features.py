@@ -67,3 +67,20 @@ class HiddenStateCapture:
         if self.prompt_pooling == "last":
             return self.last
         return self._prompt_sum / self._prompt_count.clamp(min=1)
+
+
+def next_token_entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of `softmax(scores)` per row, `(batch,)`, in float32; `-inf` entries (masked tokens) count 0."""
+    scores = scores.float()
+    log_probs = scores - scores.logsumexp(dim=-1, keepdim=True)
+    return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(dim=-1)
+
+
+def token_context(
+    context_features: Literal["hidden_state", "entropy"], hidden: torch.Tensor, scores: torch.Tensor
+) -> torch.Tensor:
+    """What a token-level policy sees of the current step: the final hidden state `(batch, hidden)`, or the
+    next-token entropy as `(batch, 1)`. Both come from the forward pass generation already ran."""
+    if context_features == "entropy":
+        return next_token_entropy(scores)[:, None]
+    return hidden

@@ -27,7 +27,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .features import HiddenStateCapture
+from .features import HiddenStateCapture, token_context
 from .modeling import DecodingAdapterModel
 from .sampling import ActionTransform
 
@@ -79,7 +79,8 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
     The logits processor through which a decoding adapter acts: at each step it reads the features captured from
     the step's forward pass, samples each row's action from the adapter's policy and applies it to the logits.
 
-    Token level: features are the step's last hidden state and the remaining budget `b_t = max_new_tokens - t`.
+    Token level: features are the step's last hidden state (or, for an entropy-only adapter, the entropy of the
+    step's next-token distribution) and the remaining budget `b_t = max_new_tokens - t`.
     Sequence level: at the first step, the prompt embedding and the parallel budget `B`; the action is drawn once
     per prompt (rows `i * B ... i * B + B - 1` are one prompt's samples, as `generate` lays them out) and held.
     """
@@ -119,7 +120,8 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
         step = input_ids.shape[1] - self.prompt_length
         if self.adapter.level == "token":
             budget = torch.tensor(self.token_budget - step, device=scores.device)
-            actions, probs = self.adapter.select_actions(self.capture.last, budget, self.deterministic)
+            context = token_context(self.adapter.context_features, self.capture.last, scores)
+            actions, probs = self.adapter.select_actions(context, budget, self.deterministic)
             self.actions.append(actions)
             self.probs.append(probs)
         elif not self.actions:

@@ -143,9 +143,12 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
         self.budget_scale = decoding.budget_scale
         self.prompt_pooling = decoding.prompt_pooling
         self.policy_temperature = decoding.policy_temperature
+        self.context_features = decoding.context_features
         act = ACT2FN[config.hidden_act]
-        self.feature_norm = nn.LayerNorm(config.base_model_hidden_size) if config.normalize_features else nn.Identity()
-        in_features = config.base_model_hidden_size
+        # An entropy-only adapter sees one number per step: a LayerNorm over one feature would make it 0.
+        normalize = config.normalize_features and self.context_size > 1
+        self.feature_norm = nn.LayerNorm(self.context_size) if normalize else nn.Identity()
+        in_features = self.context_size
         if self.budget_feature is not None:
             self.budget_encoder = nn.Sequential(
                 nn.Linear(1, config.budget_hidden_size),
@@ -166,6 +169,11 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
     def decoding_config(self) -> AdaptiveDecodingConfig:
         return self.config.decoding_config
 
+    @property
+    def context_size(self) -> int:
+        """Width of the context features: the base model's hidden size, or 1 for an entropy-only adapter."""
+        return 1 if self.context_features == "entropy" else self.config.base_model_hidden_size
+
     def encode_budget(self, budget: torch.Tensor) -> torch.Tensor:
         """Map raw budgets (remaining tokens or parallel samples, shape `(batch,)`) to the scalar budget feature."""
         budget = budget.float().clamp(min=0)  # in float32: bf16 cannot tell budget 1000 from 1001
@@ -180,16 +188,18 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
     ) -> DecodingAdapterOutput | tuple:
         """
         Args:
-            hidden_states (`torch.FloatTensor` of shape `(batch_size, base_model_hidden_size)`):
-                Context features: final hidden states of the base model (any dtype; cast to the adapter's).
+            hidden_states (`torch.FloatTensor` of shape `(batch_size, context_size)`):
+                Context features: final hidden states of the base model (any dtype; cast to the adapter's), or, for
+                an entropy-only adapter, the next-token entropy as `(batch_size, 1)`.
             budget (`torch.Tensor` of shape `(batch_size,)` or a scalar, *optional*):
                 Raw budget: remaining tokens (token level) or parallel samples (sequence level). Required when the
                 adapter was configured with a `budget_feature`.
         """
-        if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.config.base_model_hidden_size:
+        if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.context_size:
+            what = "the next-token entropy" if self.context_features == "entropy" else "the base model's hidden size"
             raise ValueError(
-                f"hidden_states must have shape (batch, {self.config.base_model_hidden_size}), the base model's "
-                f"hidden size; got {tuple(hidden_states.shape)}."
+                f"hidden_states must have shape (batch, {self.context_size}), {what}; got "
+                f"{tuple(hidden_states.shape)}."
             )
         features = self.feature_norm(hidden_states.to(device=self.device, dtype=self.dtype))
         if self.budget_feature is not None:

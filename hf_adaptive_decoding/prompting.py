@@ -33,3 +33,39 @@ def encode_chat(
         conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
     )
     return encoded.to(device) if device is not None else encoded
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str | list[dict]],
+    instructions: Sequence[str | None],
+    system_prompt: str | None = None,
+    device=None,
+) -> BatchEncoding:
+    """
+    Chat-template dataset prompts the way training and evaluation both see them. A question (a string) becomes a
+    user turn; a conversation (TRL's conversational format) is kept. Each row's instruction is appended to its last
+    user turn, and the system turn is put first unless the conversation has one.
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): a tokenizer with a chat template.
+        prompts (`Sequence`): questions or conversations, one per row.
+        instructions (`Sequence[str | None]`): the instruction of each row (e.g. the direct or the CoT one).
+        system_prompt (`str`, *optional*): a system turn.
+        device (*optional*): where to put the tensors.
+    """
+    conversations = []
+    for prompt, instruction in zip(prompts, instructions, strict=True):
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        prompt = [dict(message) for message in prompt]
+        if instruction:
+            last_user = max(i for i, message in enumerate(prompt) if message["role"] == "user")
+            prompt[last_user]["content"] = f"{prompt[last_user]['content']}\n{instruction}"
+        if system_prompt and prompt[0]["role"] != "system":
+            prompt.insert(0, {"role": "system", "content": system_prompt})
+        conversations.append(prompt)
+    encoded = tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    )
+    return encoded.to(device) if device is not None else encoded

@@ -3,14 +3,16 @@ rows that have finished."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .features import HiddenStateCapture
+from .features import HiddenStateCapture, next_token_entropy, token_context
 from .generation import _token_ids
 from .modeling import DecodingAdapterModel
+from .policies import DecodingPolicy
 from .sampling import ActionTransform
 
 
@@ -35,6 +37,8 @@ class RolloutBatch:
             of each decision.
         max_probs (`torch.FloatTensor` of shape `(decisions,)`, *optional*): token level, the language model's
             next-token max probability at each decision (before the action was applied).
+        entropies (`torch.FloatTensor` of shape `(decisions,)`, *optional*): token level, the entropy (nats) of
+            the language model's next-token distribution at each decision (before the action was applied).
     """
 
     completion_ids: torch.LongTensor
@@ -46,6 +50,7 @@ class RolloutBatch:
     action_probs: torch.FloatTensor
     decision_rows: torch.LongTensor
     max_probs: torch.FloatTensor | None = None
+    entropies: torch.FloatTensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -55,12 +60,14 @@ class RolloutBatch:
 @torch.no_grad()
 def generate_rollouts(
     model: PreTrainedModel,
-    adapter: DecodingAdapterModel,
+    adapter: DecodingAdapterModel | DecodingPolicy,
     input_ids: torch.LongTensor,
     attention_mask: torch.LongTensor,
     num_samples: torch.LongTensor,
     token_budgets: torch.LongTensor,
     deterministic: bool = False,
+    logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    parallel_budgets: torch.LongTensor | None = None,
 ) -> RolloutBatch:
     """
     Sample completions of left-padded prompts, the adapter choosing the decoding action (token level: at every step
@@ -72,19 +79,30 @@ def generate_rollouts(
 
     Args:
         model ([`~transformers.PreTrainedModel`]): the frozen causal LM (left-padded inputs).
-        adapter ([`DecodingAdapterModel`]): the policy; used as it is (call `.eval()` for rollouts without dropout).
+        adapter ([`DecodingAdapterModel`] or [`~policies.DecodingPolicy`]): the policy; used as it is (call
+            `.eval()` for rollouts without dropout). A [`~policies.ConstantPolicy`] gives static decoding.
         input_ids, attention_mask (`torch.LongTensor` of shape `(inputs, prompt_length)`): the prompts.
         num_samples (`torch.LongTensor` of shape `(inputs,)`): samples per input (the parallel budget `B`).
         token_budgets (`torch.LongTensor` of shape `(inputs,)`): the token budget `b` of each input's samples.
         deterministic (`bool`): take the policy's most likely action instead of sampling one.
+        logits_processor (`Callable`, *optional*): applied to each step's next-token logits `(rows, vocab)` before
+            the chosen action (e.g. an [`~policies.EntropyDynamicTemperatureLogitsWarper`]); what is recorded
+            (max probability, entropy, features) is read from the language model's logits before it.
+        parallel_budgets (`torch.LongTensor` of shape `(inputs,)`, *optional*): sequence level, the budget `B` the
+            policy is told, when it differs from the number of samples drawn (e.g. to estimate Pass@k at `B = k`
+            from more than `k` samples). Default: `num_samples`.
     """
     device = input_ids.device
-    for name, values in (("num_samples", num_samples), ("token_budgets", token_budgets)):
+    checked = [("num_samples", num_samples), ("token_budgets", token_budgets)]
+    if parallel_budgets is not None:
+        checked.append(("parallel_budgets", parallel_budgets))
+    for name, values in checked:
         if values.shape != (len(input_ids),) or bool((values < 1).any()):
             raise ValueError(
                 f"{name} must hold one int >= 1 per input ({len(input_ids)} inputs), got {values.tolist()}."
             )
     num_samples = num_samples.to(device)
+    parallel_budgets = num_samples if parallel_budgets is None else parallel_budgets.to(device)
     token_budgets = token_budgets.to(device)
     token_level = adapter.level == "token"
     transform = ActionTransform(adapter.decoding_config.actions)
@@ -98,7 +116,7 @@ def generate_rollouts(
     completion_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     completion_mask = torch.zeros((rows, max_new_tokens), dtype=torch.bool, device=device)
     records: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("features", "budgets", "actions", "probs", "rows", "max")
+        k: [] for k in ("features", "budgets", "actions", "probs", "rows", "max", "entropy")
     }
 
     cache = DynamicCache(config=model.config)
@@ -115,8 +133,10 @@ def generate_rollouts(
         ).logits[:, -1]
         if not token_level:  # one decision per input, before its samples are spread out
             prompt_features = capture.prompt_embedding()
-            prompt_actions, prompt_probs = adapter.select_actions(prompt_features, num_samples, deterministic)
-            _record(records, prompt_features, num_samples, prompt_actions, prompt_probs, torch.arange(len(input_ids)))
+            prompt_actions, prompt_probs = adapter.select_actions(prompt_features, parallel_budgets, deterministic)
+            _record(
+                records, prompt_features, parallel_budgets, prompt_actions, prompt_probs, torch.arange(len(input_ids))
+            )
             row_actions = prompt_actions[input_index]
         # Spread each prompt's cache, mask and last positions over its samples.
         cache.batch_select_indices(input_index)
@@ -130,9 +150,12 @@ def generate_rollouts(
             scores = logits.float()
             if token_level:
                 remaining = row_budgets - step
-                row_actions, probs = adapter.select_actions(hidden, remaining, deterministic)
+                context = token_context(adapter.context_features, hidden, scores)
+                row_actions, probs = adapter.select_actions(context, remaining, deterministic)
                 max_probs = (scores.amax(-1) - scores.logsumexp(-1)).exp()
-                _record(records, hidden, remaining, row_actions, probs, active, max_probs)
+                _record(records, context, remaining, row_actions, probs, active, max_probs, next_token_entropy(scores))
+            if logits_processor is not None:
+                scores = logits_processor(scores)
             next_tokens = torch.multinomial(transform(scores, row_actions, step).softmax(-1), 1).squeeze(-1)
             completion_ids[active, step] = next_tokens
             completion_mask[active, step] = True
@@ -168,10 +191,11 @@ def generate_rollouts(
         action_probs=packed["probs"],
         decision_rows=packed["rows"].to(device),
         max_probs=packed["max"],
+        entropies=packed["entropy"],
     )
 
 
-def _record(records, features, budgets, actions, probs, rows, max_probs=None) -> None:
+def _record(records, features, budgets, actions, probs, rows, max_probs=None, entropies=None) -> None:
     records["features"].append(features.detach().clone())
     records["budgets"].append(budgets.expand(len(features)).float())
     records["actions"].append(actions)
@@ -179,3 +203,4 @@ def _record(records, features, budgets, actions, probs, rows, max_probs=None) ->
     records["rows"].append(rows)
     if max_probs is not None:
         records["max"].append(max_probs)
+        records["entropy"].append(entropies)

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from . import checkpointing, reporting
 from .modeling import DecodingAdapterModel
 from .objectives import advantages, aggregate_rewards, decision_weights_and_advantages, policy_loss
+from .prompting import encode_prompts
 from .rewards import compute_rewards
 from .rollout import RolloutBatch, generate_rollouts
 from .trainer_config import AdapterTrainerConfig
@@ -163,26 +164,10 @@ class AdapterTrainer:
         return random.Random(f"{self.args.seed}:cot:{index}").random() < self.args.cot_ratio
 
     def _encode(self, rows: list[dict], cot: list[bool]) -> dict[str, torch.Tensor]:
-        """Chat-template the prompts. A question gets the (CoT or direct) instruction appended and the system turn
-        put before it; a conversation (TRL's conversational format) gets the instruction appended to its last user
-        turn, and the system turn only if it has none."""
-        conversations = []
-        for row, use_cot in zip(rows, cot, strict=True):
-            instruction = self.args.cot_instruction if use_cot else self.args.instruction
-            prompt = row["prompt"]
-            if isinstance(prompt, str):
-                prompt = [{"role": "user", "content": prompt}]
-            prompt = [dict(message) for message in prompt]
-            if instruction:
-                last_user = max(i for i, message in enumerate(prompt) if message["role"] == "user")
-                prompt[last_user]["content"] = f"{prompt[last_user]['content']}\n{instruction}"
-            if self.args.system_prompt and prompt[0]["role"] != "system":
-                prompt.insert(0, {"role": "system", "content": self.args.system_prompt})
-            conversations.append(prompt)
-        encoded = self.tokenizer.apply_chat_template(
-            conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-        )
-        return encoded.to(self.accelerator.device)
+        """Chat-template the prompts with the CoT or the direct instruction (see [`encode_prompts`])."""
+        instructions = [self.args.cot_instruction if use_cot else self.args.instruction for use_cot in cot]
+        prompts = [row["prompt"] for row in rows]
+        return encode_prompts(self.tokenizer, prompts, instructions, self.args.system_prompt, self.accelerator.device)
 
     # ----------------------------------------------------------------------------------------------- rollouts
 
