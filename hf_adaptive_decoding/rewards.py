@@ -441,3 +441,31 @@ def compute_rewards(
             "..." if len(unscored) > 16 else "",
         )
     return (rewards_per_func * weights).nansum(dim=1), rewards_per_func
+
+
+def score_completions(
+    reward_funcs: Sequence[Callable],
+    rows: list[dict[str, Any]],
+    completions: list[str],
+    reward_weights: Sequence[float] | None = None,
+    timeout: float | None = 60.0,
+    failure_reward: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    [`compute_rewards`] for dataset rows and their generated text: the rows' other columns become keyword arguments,
+    and a row whose prompt is a conversation gets its completion as an assistant message (TRL's convention).
+    """
+    columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "completion")}
+    completions = [
+        completion if isinstance(row["prompt"], str) else [{"role": "assistant", "content": completion}]
+        for row, completion in zip(rows, completions, strict=True)
+    ]
+    return compute_rewards(
+        reward_funcs,
+        prompts=[row["prompt"] for row in rows],
+        completions=completions,
+        columns=columns,
+        reward_weights=reward_weights,
+        timeout=timeout,
+        failure_reward=failure_reward,
+    )

@@ -68,6 +68,7 @@ def generate_rollouts(
     deterministic: bool = False,
     logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     parallel_budgets: torch.LongTensor | None = None,
+    fixed_actions: torch.LongTensor | None = None,
 ) -> RolloutBatch:
     """
     Sample completions of left-padded prompts, the adapter choosing the decoding action (token level: at every step
@@ -91,6 +92,9 @@ def generate_rollouts(
         parallel_budgets (`torch.LongTensor` of shape `(inputs,)`, *optional*): sequence level, the budget `B` the
             policy is told, when it differs from the number of samples drawn (e.g. to estimate Pass@k at `B = k`
             from more than `k` samples). Default: `num_samples`.
+        fixed_actions (`torch.LongTensor` of shape `(rows,)`, *optional*): sequence level, each row's action, chosen
+            by the caller instead of the policy (e.g. to run many static strategies on one prompt's samples, which
+            share its prefill). No decisions are recorded then.
     """
     device = input_ids.device
     checked = [("num_samples", num_samples), ("token_budgets", token_budgets)]
@@ -103,6 +107,11 @@ def generate_rollouts(
             )
     num_samples = num_samples.to(device)
     parallel_budgets = num_samples if parallel_budgets is None else parallel_budgets.to(device)
+    if fixed_actions is not None and (adapter.level != "sequence" or fixed_actions.shape != (int(num_samples.sum()),)):
+        raise ValueError(
+            f"fixed_actions needs a sequence-level policy and one action per row ({int(num_samples.sum())} rows); got "
+            f"a {adapter.level}-level policy and shape {tuple(fixed_actions.shape)}."
+        )
     token_budgets = token_budgets.to(device)
     token_level = adapter.level == "token"
     transform = ActionTransform(adapter.decoding_config.actions)
@@ -131,7 +140,9 @@ def generate_rollouts(
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        if not token_level:  # one decision per input, before its samples are spread out
+        if fixed_actions is not None:
+            row_actions = fixed_actions.to(device)
+        elif not token_level:  # one decision per input, before its samples are spread out
             prompt_features = capture.prompt_embedding()
             prompt_actions, prompt_probs = adapter.select_actions(prompt_features, parallel_budgets, deterministic)
             _record(
@@ -189,7 +200,7 @@ def generate_rollouts(
         budgets=packed["budgets"],
         actions=packed["actions"],
         action_probs=packed["probs"],
-        decision_rows=packed["rows"].to(device),
+        decision_rows=packed["rows"].to(device) if packed["rows"] is not None else None,
         max_probs=packed["max"],
         entropies=packed["entropy"],
     )

@@ -22,7 +22,7 @@ from . import checkpointing, reporting
 from .modeling import DecodingAdapterModel
 from .objectives import advantages, aggregate_rewards, decision_weights_and_advantages, policy_loss
 from .prompting import encode_prompts
-from .rewards import compute_rewards
+from .rewards import score_completions
 from .rollout import RolloutBatch, generate_rollouts
 from .trainer_config import AdapterTrainerConfig
 
@@ -194,20 +194,9 @@ class AdapterTrainer:
         return batch, rewards.to(device), per_func.to(device)
 
     def _score(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "completion")}
-        # TRL's convention: conversational prompts get conversational completions.
-        completions = [
-            completion if isinstance(row["prompt"], str) else [{"role": "assistant", "content": completion}]
-            for row, completion in zip(rows, completions, strict=True)
-        ]
-        return compute_rewards(
-            self.reward_funcs,
-            prompts=[row["prompt"] for row in rows],
-            completions=completions,
-            columns=columns,
-            reward_weights=self.args.reward_weights,
-            timeout=self.args.reward_timeout,
-            failure_reward=self.args.failure_reward,
+        args = self.args
+        return score_completions(
+            self.reward_funcs, rows, completions, args.reward_weights, args.reward_timeout, args.failure_reward
         )
 
     def _training_rollout(self, step: int):
