@@ -96,6 +96,33 @@ class DecodingAction:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_name(cls, name: str) -> DecodingAction:
+        """The inverse of [`name`]: `"greedy"` or `"T=<temperature> [top_k=<k>] [top_p=<p>] [min_p=<p>]"`."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"A decoding action name must be 'greedy' or like 'T=0.75 top_p=0.9', got {name!r}.")
+        if name.strip() == "greedy":
+            return cls(do_sample=False)
+        keys = {"T": ("temperature", float), "top_k": ("top_k", int), "top_p": ("top_p", float)}
+        keys["min_p"] = ("min_p", float)
+        values: dict[str, Any] = {}
+        for part in name.split():
+            key, _, raw = part.partition("=")
+            if key not in keys or not raw:
+                raise ValueError(
+                    f"Cannot read {part!r} in decoding action {name!r}: expected 'greedy' or space-separated "
+                    "T=<float>, top_k=<int>, top_p=<float>, min_p=<float>."
+                )
+            field_name, kind = keys[key]
+            try:
+                values[field_name] = kind(raw)
+            except ValueError:
+                expected = kind.__name__
+                raise ValueError(f"{key} in decoding action {name!r} must be a {expected}, got {raw!r}.") from None
+        if "temperature" not in values:
+            raise ValueError(f"Decoding action {name!r} names no temperature (T=...); greedy is written 'greedy'.")
+        return cls(**values)
+
     def to_generation_kwargs(self) -> dict[str, Any]:
         """The `generate()` keyword arguments that give this strategy as a static decoder."""
         if not self.do_sample:

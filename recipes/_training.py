@@ -39,6 +39,9 @@ class ScriptArguments:
     )
     preset: str = field(default="math-token", metadata={"help": "Action space: a preset name or a JSON file."})
     budget_feature: str | None = field(default="log", metadata={"help": "none, linear or log."})
+    context_features: str = field(
+        default="hidden_state", metadata={"help": "hidden_state, or entropy (token level: the Section 4 ablation)."}
+    )
     adapter: str | None = field(default=None, metadata={"help": "Start from this adapter (folder or Hub id)."})
     adapter_hidden_size: int = 256
     dataset: str = field(default="arithmetic", metadata={"help": f"One of {DATASETS}."})
@@ -49,7 +52,8 @@ class ScriptArguments:
     eval_split: str | None = field(
         default=None,
         metadata={
-            "help": "Default: validation (arithmetic), test (gsm8k, math), valid (code_contests). When it is the "
+            "help": "Default: validation (arithmetic; test for recipes/evaluate.py), test (gsm8k, math), valid "
+            "(code_contests). When it is the "
             "train split, or the source is one file (or HumanEval's 164 problems), the validation prompts are "
             "carved out of it, disjoint from the training prompts."
         },
@@ -71,7 +75,8 @@ class ScriptArguments:
 def load_data(args: ScriptArguments):
     if args.dataset == "arithmetic":
         train = arithmetic_dataset("train", args.num_train_examples, args.families, args.levels)
-        evaluation = arithmetic_dataset("validation", args.num_eval_examples, args.families, args.levels)
+        split = args.eval_split or "validation"
+        evaluation = arithmetic_dataset(split, args.num_eval_examples, args.families, args.levels)
         return train, evaluation
     if args.dataset == "humaneval":
         return _carve(load_humaneval_dataset(), args)
@@ -123,7 +128,12 @@ def main(level: str, default_config: Path) -> None:
         budget_feature = None if script_args.budget_feature in (None, "none") else script_args.budget_feature
         decoding = AdaptiveDecodingConfig.coerce(script_args.preset)
         decoding = AdaptiveDecodingConfig.from_dict(
-            {**decoding.to_dict(), "level": level, "budget_feature": budget_feature}
+            {
+                **decoding.to_dict(),
+                "level": level,
+                "budget_feature": budget_feature,
+                "context_features": script_args.context_features,
+            }
         )
         revision = default_model_revision() if script_args.model_name_or_path is None else None
         adapter = AutoDecodingAdapter.for_model(

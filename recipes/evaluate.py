@@ -1,0 +1,109 @@
+"""Evaluate decoders side by side on a held-out split: static actions, BEST, MIXED, EDT and learned adapters.
+
+    python recipes/evaluate.py --config recipes/configs/evaluate.yaml
+    python recipes/evaluate.py --decoders "greedy=static:greedy" "ours=adapter:outputs/smollm2-135m-token-adapter" \\
+        --num_test_examples 32 --seeds 0
+
+Each decoder is a spec `<name>=<kind>[:<argument>]` (see `Decoder.from_spec`): `static:<action>`,
+`best:<selection.json>`, `mixed:<action space>`, `edt[:T0,N,theta]`, `adapter:<folder or Hub id>`. Every decoder gets
+the same prompts, seeds and budgets; Pass@k (k <= num_samples) uses the unbiased estimator, with 95% confidence
+intervals over problems and paired differences to `--reference`. Written to `output_dir`: `results.json` (the
+numbers), `results.md` (the tables), `details.json` (lengths and per-token entropies) and `plots/`. Finished
+(decoder, budget, seed) runs are cached in `output_dir/cache/`: an interrupted evaluation resumes.
+"""
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _training import ScriptArguments, load_data, reward_function
+from transformers import set_seed
+from trl import TrlParser
+
+from hf_adaptive_decoding import load_default_model
+from hf_adaptive_decoding.evaluation import Decoder, evaluate_decoders
+from hf_adaptive_decoding.evaluation_report import plot_evaluation, results_table
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "evaluate.yaml"
+
+
+@dataclass
+class EvaluationArguments:
+    decoders: list[str] = field(
+        default_factory=lambda: ["greedy=static:greedy", "min-p=static:T=1 min_p=0.1", "EDT=edt"],
+        metadata={"help": "Decoder specs '<name>=<kind>[:<argument>]'."},
+    )
+    output_dir: str = "outputs/evaluation"
+    split: str = field(default="test", metadata={"help": "Held-out split to evaluate on (arithmetic: test)."})
+    num_test_examples: int = 64
+    token_budgets: list[int] = field(default_factory=lambda: [48], metadata={"help": "Max new tokens, each."})
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"help": "Pass@k for these k."})
+    num_samples: int = field(default=8, metadata={"help": "Samples per problem (>= max k)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    reference: str | None = field(default=None, metadata={"help": "Decoder the differences are measured against."})
+    tables: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra tables, each 'Title: decoder, decoder, ...' (a table of all decoders comes first)."},
+    )
+    instruction: str = "Provide the final answer within \\boxed{}."
+    system_prompt: str | None = None
+    rows_per_batch: int = 256
+    disable_tqdm: bool = False
+
+
+def main() -> None:
+    if not any(arg == "--config" or arg.startswith("--config=") for arg in sys.argv):
+        sys.argv[1:1] = ["--config", str(DEFAULT_CONFIG)]
+    data_args, args = TrlParser((ScriptArguments, EvaluationArguments)).parse_args_and_config()
+    set_seed(args.seeds[0])
+    decoders = [Decoder.from_spec(spec) for spec in args.decoders]
+    data_args = dataclasses.replace(data_args, eval_split=args.split, num_eval_examples=args.num_test_examples)
+    _, test = load_data(data_args)
+    model, tokenizer = load_default_model(data_args.model_name_or_path)
+    output_dir = Path(args.output_dir)
+    summary = evaluate_decoders(
+        model,
+        tokenizer,
+        decoders,
+        test,
+        reward_function(data_args),
+        token_budgets=args.token_budgets,
+        ks=args.ks,
+        num_samples=args.num_samples,
+        seeds=args.seeds,
+        instruction=args.instruction,
+        system_prompt=args.system_prompt,
+        rows_per_batch=args.rows_per_batch,
+        reference=args.reference,
+        cache_dir=output_dir / "cache",
+        disable_tqdm=args.disable_tqdm,
+    )
+    details = {key: summary.pop(key) for key in ("lengths", "token_entropy")}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "details.json").write_text(json.dumps(details))
+    settings = summary["settings"]
+    header = (
+        f"{settings['num_problems']} {data_args.dataset} {args.split} problems, {settings['num_samples']} samples "
+        f"each, seeds {settings['seeds']}; Pass@k in %, mean ± 95% CI over problems"
+        + (f"; Δ: paired difference to {args.reference}." if args.reference else ".")
+    )
+    sections = [f"## All decoders (token budget {max(args.token_budgets)})\n\n{header}\n\n{results_table(summary)}"]
+    for spec in args.tables:
+        title, _, columns = spec.partition(":")
+        names = [name.strip() for name in columns.split(",") if name.strip()]
+        sections.append(f"## {title.strip()}\n\n{results_table(summary, names)}")
+    for budget in sorted(args.token_budgets)[:-1]:
+        sections.append(f"## All decoders, token budget {budget}\n\n{results_table(summary, token_budget=budget)}")
+    descriptions = "\n".join(f"- **{name}**: {d['description']}" for name, d in summary["decoders"].items())
+    sections.append(f"## Decoders\n\n{descriptions}")
+    (output_dir / "results.md").write_text("\n\n".join(sections) + "\n")
+    plot_evaluation({**summary, **details}, output_dir / "plots")
+    print("\n\n".join(sections))
+    print(f"\nWritten: {output_dir}/results.json, results.md, details.json, plots/")
+
+
+if __name__ == "__main__":
+    main()
