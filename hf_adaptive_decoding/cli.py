@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -11,10 +12,11 @@ from rich.console import Console
 from rich.text import Text
 from transformers import TextStreamer, set_seed
 
-from .configuration import ACTION_PRESETS
+from .configuration import ACTION_PRESETS, DecodingAction
 from .default_model import default_model_revision, load_default_model
 from .modeling import AutoDecodingAdapter, DecodingAdapterModel
 from .prompting import encode_chat
+from .shipped import SHIPPED_ADAPTERS_DIR, resolve_adapter, shipped_adapters
 
 ACTION_COLORS = [
     "bright_blue",
@@ -36,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="Generate with a decoding adapter and show its per-token actions.")
     gen.add_argument("--prompt", action="append", required=True, help="A user message (repeat for a batch).")
-    gen.add_argument("--adapter", help="Adapter folder or Hub id. Default: a fresh, untrained adapter (--preset).")
+    gen.add_argument(
+        "--adapter",
+        help="A shipped adapter's short name (see `hf-adaptive-decoding adapters`), a folder or a Hub id. Default: a "
+        "fresh, untrained adapter (--preset).",
+    )
     gen.add_argument("--preset", default="math-token", choices=sorted(ACTION_PRESETS), help="For a fresh adapter.")
     gen.add_argument("--model", help="Hub id or folder of the LM. Default: the embedded SmolLM2-135M-Instruct.")
     gen.add_argument("--max-new-tokens", type=int, default=128)
@@ -46,7 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", help="Optional system message.")
     gen.add_argument("--no-actions", action="store_true", help="Stream plain text instead of coloured actions.")
     gen.add_argument("--device", default=None)
+    commands.add_parser("adapters", help="List the shipped adapters (short names for --adapter).")
     return parser
+
+
+def adapters_command(console: Console) -> int:
+    shipped = shipped_adapters()
+    if not shipped:
+        console.print(f"No shipped adapters found in {SHIPPED_ADAPTERS_DIR} (they come with a checkout of the repo).")
+        return 0
+    for name, folder in shipped.items():
+        config = json.loads((folder / "config.json").read_text())
+        decoding = config.get("decoding", {})
+        names = [DecodingAction.from_dict(action).name for action in decoding.get("actions", [])]
+        budget = decoding.get("budget_feature") or "none"
+        console.print(f"[bold]{name}[/]  {decoding.get('level')} level, budget feature {budget}, actions {names}")
+        console.print(f"    {folder}", style="dim")
+    return 0
 
 
 def _render(tokenizer, token_ids, actions, max_probs) -> Text:
@@ -73,7 +95,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     set_seed(args.seed)
     model, tokenizer = load_default_model(args.model, device=args.device)
     if args.adapter:
-        adapter = AutoDecodingAdapter.from_pretrained(args.adapter)
+        adapter = AutoDecodingAdapter.from_pretrained(resolve_adapter(args.adapter))
         adapter.to(model.device)
     else:
         revision = default_model_revision() if args.model is None else None
@@ -126,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return generate_command(args, console)
+        if args.command == "adapters":
+            return adapters_command(console)
     except (ValueError, ImportError, OSError) as error:
         console.print(f"[bold red]error:[/] {error}", markup=True)
         return 2

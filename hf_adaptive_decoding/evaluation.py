@@ -25,6 +25,7 @@ from .policies import ConstantPolicy, DecodingPolicy, EntropyDynamicTemperatureL
 from .prompting import encode_prompts
 from .rewards import score_completions
 from .rollout import generate_rollouts
+from .shipped import resolve_adapter
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -88,7 +89,7 @@ class Decoder:
     ) -> Decoder:
         source = adapter if isinstance(adapter, (str, os.PathLike)) else adapter.name_or_path
         if isinstance(adapter, (str, os.PathLike)):
-            adapter = AutoDecodingAdapter.from_pretrained(adapter)
+            adapter = AutoDecodingAdapter.from_pretrained(resolve_adapter(adapter))
         mode = "most likely action" if deterministic else "sampled actions"
         description = f"{adapter.level}-level adapter {source} ({mode}); weights {_fingerprint(adapter)}"
         return cls(name, adapter.eval(), description, deterministic=deterministic)
@@ -216,7 +217,13 @@ def evaluate_decoders(
     progress = tqdm(total=len(units) * len(rows), desc="Evaluating decoders", disable=disable_tqdm)
     for decoder, budget, seed, parallel in units:
         progress.set_postfix(decoder=decoder.name, budget=budget, seed=seed)
-        context = {**settings, "decoder": decoder.description, "budget": budget, "seed": seed, "B": parallel}
+        # What decides a unit's outcome (not the other seeds or budgets of this call): units are shared by calls.
+        fixed = {
+            key: value
+            for key, value in settings.items()
+            if key not in ("seeds", "token_budgets", "ks", "success_threshold")
+        }
+        context = {**fixed, "decoder": decoder.description, "budget": budget, "seed": seed, "B": parallel}
         path = _unit_path(cache_dir, decoder.name, budget, seed, parallel)
         outcome = _load_unit(path, context)
         if outcome is None:

@@ -73,14 +73,22 @@ def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[
     for name in names:
         points = [_entry(summary, name, main_budget, k) for k in ks]
         axes[0][0].errorbar(
-            ks, [100 * p["mean"] for p in points], yerr=[100 * p["ci95"] for p in points], marker="o", capsize=2,
+            ks,
+            [100 * p["mean"] for p in points],
+            yerr=[100 * p["ci95"] for p in points],
+            marker="o",
+            capsize=2,
             label=name,
         )
         if panels == 2:
             points = [_entry(summary, name, b, ks[0]) for b in budgets]
             axes[0][1].errorbar(
-                budgets, [100 * p["mean"] for p in points], yerr=[100 * p["ci95"] for p in points], marker="o",
-                capsize=2, label=name,
+                budgets,
+                [100 * p["mean"] for p in points],
+                yerr=[100 * p["ci95"] for p in points],
+                marker="o",
+                capsize=2,
+                label=name,
             )
     axes[0][0].set_xscale("log", base=2)
     axes[0][0].set_xticks(ks, [str(k) for k in ks])

@@ -24,6 +24,7 @@ from hf_adaptive_decoding import (
     make_code_reward,
     math_reward,
 )
+from hf_adaptive_decoding.checkpointing import complete_checkpoints
 from hf_adaptive_decoding.default_model import default_model_revision
 
 DATASETS = ("arithmetic", "math", "gsm8k", "humaneval", "code_contests")
@@ -68,7 +69,11 @@ class ScriptArguments:
     sandbox_timeout: float = field(default=10.0, metadata={"help": "Code datasets: seconds per execution."})
     max_tests: int | None = field(default=None, metadata={"help": "code_contests: tests per problem (all)."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'true' for the newest checkpoint in output_dir, or a checkpoint folder."}
+        default=None,
+        metadata={
+            "help": "'true' for the newest checkpoint in output_dir, a checkpoint folder, or 'auto': the newest "
+            "checkpoint if there is one, else start over in output_dir."
+        },
     )
 
 
@@ -152,7 +157,10 @@ def main(level: str, default_config: Path) -> None:
         processing_class=tokenizer,
     )
     resume = script_args.resume_from_checkpoint
-    if str(resume).lower() in ("true", "latest"):
+    if str(resume).lower() == "auto":  # continue a killed run if it left a checkpoint, else start afresh
+        resume = True if complete_checkpoints(training_args.output_dir) else None
+        training_args.overwrite_output_dir = resume is None
+    elif str(resume).lower() in ("true", "latest"):
         resume = True
     elif str(resume).lower() in ("false", "none", ""):
         resume = None

@@ -50,6 +50,9 @@ class EvaluationArguments:
     instruction: str = "Provide the final answer within \\boxed{}."
     system_prompt: str | None = None
     rows_per_batch: int = 256
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Finished runs, shared by evaluations (default: output_dir/cache)."}
+    )
     disable_tqdm: bool = False
 
 
@@ -77,7 +80,7 @@ def main() -> None:
         system_prompt=args.system_prompt,
         rows_per_batch=args.rows_per_batch,
         reference=args.reference,
-        cache_dir=output_dir / "cache",
+        cache_dir=args.cache_dir or output_dir / "cache",
         disable_tqdm=args.disable_tqdm,
     )
     details = {key: summary.pop(key) for key in ("lengths", "token_entropy")}

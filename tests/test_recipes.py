@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,58 @@ def test_humaneval_config_trains_a_sequence_adapter_end_to_end(default_model, tm
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/code_reward/mean" in record for record in records)
     assert "static" in json.loads((output / "eval_results.json").read_text())
+
+
+@pytest.mark.slow
+def test_reproduce_script_runs_every_step_resumes_and_ships_loadable_adapters(default_model, tmp_path):
+    """recipes/reproduce.sh at smoke size in a copy of the recipes: selection, five trainings, both evaluations and
+    the shipped folders; a second run skips every finished step; a step whose marker is gone runs again from its
+    cache without generating (its results are unchanged)."""
+    import shutil
+
+    from hf_adaptive_decoding import AutoDecodingAdapter
+    from hf_adaptive_decoding.shipped import shipped_adapters
+
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes", ignore=shutil.ignore_patterns("results"))
+    shutil.copytree(ROOT / "model_cards" / "templates", tmp_path / "model_cards" / "templates")
+    env = {**os.environ, "REPRODUCE_SMOKE": "1", "PYTHON": sys.executable}
+    script = ["bash", str(tmp_path / "recipes" / "reproduce.sh")]
+    run = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "outputs" / "reproduce"
+    steps = [line.split("\t")[0] for line in (out / "timings.tsv").read_text().splitlines()]
+    assert steps == [
+        "select-actions",
+        "train-token_budget",
+        "train-token_no_budget",
+        "train-token_entropy",
+        "train-sequence_budget",
+        "train-sequence_no_budget",
+        "evaluate",
+        "evaluate-token-budgets",
+        "ship",
+    ]
+    selection = json.loads((out / "action_selection" / "selection.json").read_text())
+    assert len(selection["candidates"]) == 181 and len(selection["sequence"]["selected"]) == 6
+    results = json.loads((out / "evaluation" / "results.json").read_text())
+    assert {entry["decoder"] for entry in results["results"]} >= {"BEST", "seq w/ budget", "token w/ budget"}
+    assert (out / "evaluation" / "plots" / "accuracy_vs_budget.png").exists()
+    assert (tmp_path / "recipes" / "results" / "reproduce" / "evaluation" / "results.md").exists()
+
+    shipped = shipped_adapters(tmp_path / "model_cards")
+    assert len(shipped) == 5
+    for name, folder in shipped.items():
+        adapter = AutoDecodingAdapter.from_pretrained(folder)
+        adapter.check_compatible(default_model[0])
+        card = (folder / "README.md").read_text()
+        assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "| Pass@1 |" in card, name
+    entropy = AutoDecodingAdapter.from_pretrained(shipped["smollm2-135m-arithmetic-token-entropy"])
+    assert entropy.context_features == "entropy"
+
+    again = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 9, again.stdout[-2000:]
+    (out / ".done-evaluate").unlink()
+    before = (out / "evaluation" / "results.json").read_text()
+    rerun = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert (out / "evaluation" / "results.json").read_text() == before
