@@ -16,7 +16,8 @@ from .configuration import ACTION_PRESETS, DecodingAction
 from .default_model import default_model_revision, load_default_model
 from .modeling import AutoDecodingAdapter, DecodingAdapterModel
 from .prompting import encode_chat
-from .shipped import SHIPPED_ADAPTERS_DIR, resolve_adapter, shipped_adapters
+from . import shipped
+from .shipped import resolve_adapter
 
 ACTION_COLORS = [
     "bright_blue",
@@ -57,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def adapters_command(console: Console) -> int:
-    shipped = shipped_adapters()
-    if not shipped:
-        console.print(f"No shipped adapters found in {SHIPPED_ADAPTERS_DIR} (they come with a checkout of the repo).")
+    adapters = shipped.shipped_adapters()
+    if not adapters:
+        where = shipped.SHIPPED_ADAPTERS_DIR
+        console.print(f"No shipped adapters found in {where} (they come with a checkout of the repo).")
         return 0
-    for name, folder in shipped.items():
+    for name, folder in adapters.items():
         config = json.loads((folder / "config.json").read_text())
         decoding = config.get("decoding", {})
         names = [DecodingAction.from_dict(action).name for action in decoding.get("actions", [])]

@@ -28,3 +28,27 @@ def test_generate_sequence_level_batch_and_plain_streaming(default_model, tmp_pa
 def test_bad_adapter_path_is_a_clean_error(capsys):
     assert main(["generate", "--adapter", "/no/such/adapter", "--prompt", "hi", "--model", "/no/such/model"]) == 2
     assert "error:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_shipped_adapters_are_listed_and_loaded_by_short_name(default_model, tmp_path, monkeypatch, capsys):
+    from hf_adaptive_decoding import AdaptiveDecodingConfig, AutoDecodingAdapter, shipped
+
+    model, _ = default_model
+    config = AdaptiveDecodingConfig.from_preset("math-token", context_features="entropy")
+    AutoDecodingAdapter.for_model(model, config).save_pretrained(tmp_path / "my-entropy-adapter")
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path)
+    assert main(["adapters"]) == 0
+    listing = capsys.readouterr().out
+    assert "my-entropy-adapter" in listing and "token level" in listing and "'T=1.25'" in listing
+    argv = ["generate", "--adapter", "my-entropy-adapter", "--prompt", "2+2?", "--max-new-tokens", "6"]
+    assert main(argv) == 0
+    assert "actions used:" in capsys.readouterr().out
+
+
+def test_adapters_command_without_shipped_adapters(tmp_path, monkeypatch, capsys):
+    from hf_adaptive_decoding import shipped
+
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path / "none")
+    assert main(["adapters"]) == 0
+    assert "No shipped adapters" in capsys.readouterr().out
