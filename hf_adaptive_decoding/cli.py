@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.text import Text
 from transformers import TextStreamer, set_seed
 
+from . import shipped
 from .configuration import ACTION_PRESETS, DecodingAction
 from .default_model import default_model_revision, load_default_model
 from .modeling import AutoDecodingAdapter, DecodingAdapterModel
 from .prompting import encode_chat
-from . import shipped
 from .shipped import resolve_adapter
 
 ACTION_COLORS = [
