@@ -206,6 +206,14 @@ def evaluate_decoders(
         "rows_per_batch": rows_per_batch,
         "dataset_fingerprint": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12],
     }
+    options = {
+        "num_samples": num_samples,
+        "instruction": instruction,
+        "system_prompt": system_prompt,
+        "rows_per_batch": rows_per_batch,
+        "reward_timeout": reward_timeout,
+        "max_recorded_tokens": max_recorded_tokens,
+    }
     units = [
         (decoder, budget, seed, parallel)
         for decoder in decoders
@@ -227,22 +235,7 @@ def evaluate_decoders(
         path = _unit_path(cache_dir, decoder.name, budget, seed, parallel)
         outcome = _load_unit(path, context)
         if outcome is None:
-            outcome = _run_unit(
-                model,
-                tokenizer,
-                decoder,
-                rows,
-                reward_funcs,
-                budget,
-                seed,
-                parallel,
-                num_samples,
-                instruction,
-                system_prompt,
-                rows_per_batch,
-                reward_timeout,
-                max_recorded_tokens,
-            )
+            outcome = _run_unit(model, tokenizer, decoder, rows, reward_funcs, budget, seed, parallel, options)
             _save_unit(path, context, outcome)
         outcomes[(decoder.name, budget, seed, parallel)] = outcome
         progress.update(len(rows))
@@ -250,22 +243,12 @@ def evaluate_decoders(
     return _summarise(decoders, outcomes, settings, reference, success_threshold)
 
 
-def _run_unit(
-    model,
-    tokenizer,
-    decoder,
-    rows,
-    reward_funcs,
-    budget,
-    seed,
-    parallel,
-    num_samples,
-    instruction,
-    system_prompt,
-    rows_per_batch,
-    reward_timeout,
-    max_recorded_tokens,
-) -> dict[str, Any]:
+def _run_unit(model, tokenizer, decoder, rows, reward_funcs, budget, seed, parallel, options) -> dict[str, Any]:
+    """Generate and score one (decoder, budget, seed[, B]): rewards and lengths per problem and sample, and at
+    token level a subsample of (entropy, action) per generated token."""
+    num_samples, instruction, system_prompt = options["num_samples"], options["instruction"], options["system_prompt"]
+    rows_per_batch, reward_timeout = options["rows_per_batch"], options["reward_timeout"]
+    max_recorded_tokens = options["max_recorded_tokens"]
     samples = 1 if decoder.samples_identical else num_samples
     per_batch = max(1, rows_per_batch // samples)
     rewards, lengths, entropies, actions = [], [], [], []

@@ -53,6 +53,11 @@ def results_table(
     return "\n".join(lines)
 
 
+def _errorbar(axis, xs: Sequence[int], points: list[dict[str, Any]], label: str) -> None:
+    means, errors = [100 * p["mean"] for p in points], [100 * p["ci95"] for p in points]
+    axis.errorbar(xs, means, yerr=errors, marker="o", capsize=2, label=label)
+
+
 def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
     """Write `accuracy_vs_budget.png`, `generation_lengths.png` and `token_entropy_by_action.png` (the last when a
     token-level decoder was evaluated). Returns the paths written."""
@@ -71,25 +76,9 @@ def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[
     panels = 2 if len(budgets) > 1 else 1
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     for name in names:
-        points = [_entry(summary, name, main_budget, k) for k in ks]
-        axes[0][0].errorbar(
-            ks,
-            [100 * p["mean"] for p in points],
-            yerr=[100 * p["ci95"] for p in points],
-            marker="o",
-            capsize=2,
-            label=name,
-        )
+        _errorbar(axes[0][0], ks, [_entry(summary, name, main_budget, k) for k in ks], name)
         if panels == 2:
-            points = [_entry(summary, name, b, ks[0]) for b in budgets]
-            axes[0][1].errorbar(
-                budgets,
-                [100 * p["mean"] for p in points],
-                yerr=[100 * p["ci95"] for p in points],
-                marker="o",
-                capsize=2,
-                label=name,
-            )
+            _errorbar(axes[0][1], budgets, [_entry(summary, name, b, ks[0]) for b in budgets], name)
     axes[0][0].set_xscale("log", base=2)
     axes[0][0].set_xticks(ks, [str(k) for k in ks])
     axes[0][0].set(xlabel="parallel budget k (Pass@k)", ylabel="accuracy (%)", title=f"token budget {main_budget}")
