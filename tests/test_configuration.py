@@ -111,3 +111,72 @@ def test_generation_kwargs_reproduce_the_action():
         "min_p": 0.1,
     }
     assert DecodingAction(do_sample=False).to_generation_kwargs() == {"do_sample": False}
+
+
+def test_action_names_round_trip_over_the_candidate_pool_and_greedy():
+    actions = [DecodingAction(do_sample=False), *candidate_pool()]
+    for action in actions:
+        assert DecodingAction.from_name(action.name) == action, action.name
+    assert DecodingAction.from_name("  greedy ") == DecodingAction(do_sample=False)
+    assert DecodingAction.from_name("T=0.75 top_k=10 top_p=0.95 min_p=0.1") == DecodingAction(
+        temperature=0.75, top_k=10, top_p=0.95, min_p=0.1
+    )
+    # Order of the parts does not matter; "off" values are normalised like in the constructor.
+    assert DecodingAction.from_name("min_p=0.2 T=1.25") == DecodingAction(temperature=1.25, min_p=0.2)
+    assert DecodingAction.from_name("T=1 top_k=0 top_p=1") == DecodingAction()
+
+
+@pytest.mark.parametrize(
+    ("name", "fragments"),
+    [
+        ("T=1 foo=2", ["'foo=2'", "'T=1 foo=2'"]),
+        ("T=1 top_k", ["'top_k'"]),
+        ("T=", ["'T='"]),
+        ("T=abc", ["T in decoding action", "must be a float", "'abc'"]),
+        ("T=1 top_k=2.5", ["top_k in decoding action", "must be a int", "'2.5'"]),
+        ("T=1 top_p=x", ["top_p", "'x'"]),
+        ("top_k=5", ["names no temperature", "'top_k=5'"]),
+        ("greedy T=1", ["'greedy'"]),
+        ("temperature=1", ["'temperature=1'"]),
+        ("T=0", ["temperature must be > 0", "do_sample=False"]),
+        ("T=1 top_p=1.5", ["top_p", "1.5"]),
+        ("", ["''"]),
+        ("   ", ["'   '"]),
+    ],
+)
+def test_bad_action_names_name_the_bad_part(name, fragments):
+    with pytest.raises(ValueError) as error:
+        DecodingAction.from_name(name)
+    for fragment in fragments:
+        assert fragment in str(error.value), (fragment, str(error.value))
+
+
+def test_from_name_refuses_non_strings():
+    with pytest.raises(ValueError, match="got None"):
+        DecodingAction.from_name(None)
+
+
+def test_context_features_default_and_entropy_at_token_level():
+    assert AdaptiveDecodingConfig.from_preset("math-token").context_features == "hidden_state"
+    config = AdaptiveDecodingConfig.from_preset("math-token", context_features="entropy")
+    assert config.context_features == "entropy"
+    assert config.to_dict()["context_features"] == "entropy"
+    assert AdaptiveDecodingConfig.from_dict(config.to_dict()) == config
+
+
+def test_entropy_features_are_refused_at_sequence_level():
+    with pytest.raises(ValueError) as error:
+        AdaptiveDecodingConfig.from_preset("math-seq", context_features="entropy")
+    message = str(error.value)
+    assert "context_features='entropy'" in message and "'sequence'" in message
+    # Also when the level is overridden to sequence for a token preset.
+    with pytest.raises(ValueError, match="token-level feature"):
+        AdaptiveDecodingConfig.from_preset("math-token", level="sequence", context_features="entropy")
+
+
+@pytest.mark.parametrize("value", ["logits", "Entropy", None])
+def test_unknown_context_features_are_refused(value):
+    with pytest.raises(ValueError) as error:
+        AdaptiveDecodingConfig(actions=[{"temperature": 1.0}], context_features=value)
+    assert "context_features must be one of ('hidden_state', 'entropy')" in str(error.value)
+    assert repr(value) in str(error.value)

@@ -143,3 +143,46 @@ def test_features_of_the_wrong_width_are_refused(llama):
     adapter = AutoDecodingAdapter.for_model(llama, "math-token")
     with pytest.raises(ValueError, match=r"\(batch, 32\).*\(2, 48\)"):
         adapter(torch.randn(2, 48), budget=torch.tensor(3))
+
+
+def _entropy_adapter(model, **kwargs):
+    config = AdaptiveDecodingConfig.from_preset("math-token", context_features="entropy")
+    return AutoDecodingAdapter.for_model(model, config, **kwargs)
+
+
+def test_entropy_adapter_takes_one_feature_and_has_no_layer_norm(llama):
+    adapter = _entropy_adapter(llama, budget_hidden_size=8).eval()
+    assert adapter.context_features == "entropy" and adapter.context_size == 1
+    assert isinstance(adapter.feature_norm, torch.nn.Identity)
+    assert not any(isinstance(module, torch.nn.LayerNorm) for module in adapter.modules())
+    assert adapter.mlp[0].in_features == 1 + 8  # the entropy and the encoded budget
+    torch.nn.init.normal_(adapter.output_layer.weight)
+    entropy = torch.tensor([[0.0], [0.5], [3.0]])
+    logits = adapter(entropy, budget=torch.tensor(7)).logits
+    assert logits.shape == (3, 4)
+    # A LayerNorm over one feature would map every entropy to the same value; here different entropies matter.
+    assert not torch.allclose(logits[0], logits[2])
+    # The hidden-state adapter of the same model does normalise its features.
+    assert isinstance(AutoDecodingAdapter.for_model(llama, "math-token").feature_norm, torch.nn.LayerNorm)
+
+
+def test_entropy_adapter_refuses_hidden_states(llama):
+    adapter = _entropy_adapter(llama)
+    with pytest.raises(ValueError, match=r"\(batch, 1\), the next-token entropy; got \(2, 32\)"):
+        adapter(torch.randn(2, 32), budget=torch.tensor(3))
+    with pytest.raises(ValueError, match=r"\(batch, 1\).*got \(3,\)"):
+        adapter(torch.randn(3), budget=torch.tensor(3))
+
+
+def test_entropy_adapter_save_and_load_keeps_context_features(llama, tmp_path):
+    adapter = _entropy_adapter(llama).eval()
+    torch.nn.init.normal_(adapter.output_layer.weight)
+    adapter.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["decoding"]["context_features"] == "entropy"
+    loaded = AutoDecodingAdapter.from_pretrained(tmp_path).eval()
+    assert loaded.context_features == "entropy" and loaded.context_size == 1
+    assert loaded.decoding_config.context_features == "entropy"
+    assert loaded.state_dict().keys() == adapter.state_dict().keys()
+    entropy, budget = torch.tensor([[0.1], [2.0]]), torch.tensor([5, 50])
+    torch.testing.assert_close(loaded(entropy, budget).logits, adapter(entropy, budget).logits)

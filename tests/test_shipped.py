@@ -1,0 +1,57 @@
+from pathlib import Path
+
+from hf_adaptive_decoding import shipped
+from hf_adaptive_decoding.shipped import resolve_adapter, shipped_adapters
+
+
+def _layout(root: Path) -> Path:
+    """Two adapters, a folder without a config, a stray file and a config in a nested folder."""
+    for name in ("zeta-adapter", "alpha-adapter"):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+    (root / "templates").mkdir()
+    (root / "templates" / "card.md").write_text("# card")
+    (root / "README.md").write_text("# shipped")
+    (root / "nested" / "inner").mkdir(parents=True)
+    (root / "nested" / "inner" / "config.json").write_text("{}")
+    (root / "config-is-a-folder" / "config.json").mkdir(parents=True)
+    return root
+
+
+def test_shipped_adapters_lists_folders_with_a_config(tmp_path):
+    root = _layout(tmp_path / "model_cards")
+    found = shipped_adapters(root)
+    assert list(found) == ["alpha-adapter", "zeta-adapter"]  # sorted
+    assert found == {"alpha-adapter": root / "alpha-adapter", "zeta-adapter": root / "zeta-adapter"}
+    assert shipped_adapters(str(root)) == found
+
+
+def test_shipped_adapters_of_a_missing_folder_is_empty(tmp_path, monkeypatch):
+    assert shipped_adapters(tmp_path / "nope") == {}
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path / "nope")
+    assert shipped_adapters() == {}
+
+
+def test_default_folder_is_model_cards_next_to_the_package(tmp_path, monkeypatch):
+    assert shipped.SHIPPED_ADAPTERS_DIR == Path(shipped.__file__).resolve().parent.parent / "model_cards"
+    root = _layout(tmp_path / "cards")
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", root)
+    assert list(shipped_adapters()) == ["alpha-adapter", "zeta-adapter"]
+
+
+def test_resolve_adapter(tmp_path, monkeypatch):
+    root = _layout(tmp_path / "cards")
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", root)
+    # Short names of shipped adapters become their folders.
+    assert resolve_adapter("alpha-adapter") == str(root / "alpha-adapter")
+    # Folders stay folders (str or PathLike), even when their name is also a shipped adapter's.
+    local = tmp_path / "work" / "alpha-adapter"
+    local.mkdir(parents=True)
+    assert resolve_adapter(local) == str(local)
+    assert resolve_adapter(str(local)) == str(local)
+    monkeypatch.chdir(tmp_path / "work")
+    assert resolve_adapter("alpha-adapter") == "alpha-adapter"  # the folder in the working directory wins
+    # Anything else is a Hub id, passed through unchanged.
+    assert resolve_adapter("org/some-adapter") == "org/some-adapter"
+    assert resolve_adapter("templates") == "templates"  # no config.json: not a shipped adapter
+    assert resolve_adapter("nested") == "nested"
