@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .features import HiddenStateCapture, next_token_entropy, token_context
+from .features import HiddenStateCapture, next_token_entropy
 from .generation import _token_ids
 from .modeling import DecodingAdapterModel
 from .policies import DecodingPolicy
@@ -161,10 +161,11 @@ def generate_rollouts(
             scores = logits.float()
             if token_level:
                 remaining = row_budgets - step
-                context = token_context(adapter.context_features, hidden, scores)
+                entropy = next_token_entropy(scores)  # recorded, and the context of entropy-only adapters
+                context = entropy[:, None] if adapter.context_features == "entropy" else hidden
                 row_actions, probs = adapter.select_actions(context, remaining, deterministic)
                 max_probs = (scores.amax(-1) - scores.logsumexp(-1)).exp()
-                _record(records, context, remaining, row_actions, probs, active, max_probs, next_token_entropy(scores))
+                _record(records, context, remaining, row_actions, probs, active, max_probs, entropy)
             if logits_processor is not None:
                 scores = logits_processor(scores)
             next_tokens = torch.multinomial(transform(scores, row_actions, step).softmax(-1), 1).squeeze(-1)
