@@ -57,9 +57,13 @@ class StrategyRewardCache:
         return any((problem, strategy) not in self.rewards for strategy in strategies)
 
     def add(self, entries: list[tuple[str, str, float]]) -> None:
-        lines = [json.dumps({"problem": p, "strategy": s, "reward": r}) for p, s, r in entries]
-        with open(self.path, "a") as handle:
-            handle.write("".join(line + "\n" for line in lines))
+        lines = "".join(json.dumps({"problem": p, "strategy": s, "reward": r}) + "\n" for p, s, r in entries)
+        with open(self.path, "a+b") as handle:
+            if handle.tell() > 0:  # a kill may have cut the last line: start a new one, not glued to it
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    lines = "\n" + lines
+            handle.write(lines.encode())
             handle.flush()
             os.fsync(handle.fileno())
         self.rewards.update({(p, s): r for p, s, r in entries})
@@ -175,17 +179,17 @@ def greedy_coverage(rewards: torch.Tensor, k: int) -> list[int]:
     """
     _check_k(rewards, k)
     rewards = rewards.double()
-    mean = rewards.mean(dim=0)
-    covered = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    means = rewards.mean(dim=0).tolist()
+    covered: torch.Tensor | None = None  # max reward over the chosen strategies, per problem
     chosen: list[int] = []
     for _ in range(k):
-        gains = (torch.maximum(covered[:, None], rewards) - covered[:, None]).sum(dim=0)
-        # Lexicographic (gain, mean): the mean only breaks ties, as its range [0, 1] is below one problem's gain.
-        score = gains * (rewards.shape[0] + 1) * 2 + mean
-        score[chosen] = -float("inf")
-        best = int(score.argmax())
+        # F of the empty set has no value to improve on when rewards can be negative: the first gain is F({s}) itself.
+        gains = rewards if covered is None else torch.maximum(covered[:, None], rewards) - covered[:, None]
+        totals = gains.sum(dim=0).tolist()
+        # Lexicographic (gain, mean, earlier strategy) over the strategies not chosen yet.
+        best = max((s for s in range(rewards.shape[1]) if s not in chosen), key=lambda s: (totals[s], means[s], -s))
         chosen.append(best)
-        covered = torch.maximum(covered, rewards[:, best])
+        covered = rewards[:, best] if covered is None else torch.maximum(covered, rewards[:, best])
     return chosen
 
 
