@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .configuration import DecodingAction
 from .policies import ConstantPolicy
 from .prompting import encode_prompts
-from .rewards import score_completions
+from .rewards import reward_function_name, score_completions
 from .rollout import generate_rollouts
 
 
@@ -124,7 +124,7 @@ def evaluate_strategies(
         "system_prompt": system_prompt,
         "seed": seed,
         "rows_per_batch": rows_per_batch,
-        "rewards": [getattr(func, "__name__", type(func).__name__) for func in reward_funcs],
+        "rewards": [reward_function_name(func) for func in reward_funcs],
     }
     cache = StrategyRewardCache(cache_dir, context) if cache_dir is not None else None
     known: dict[tuple[str, str], float] = dict(cache.rewards) if cache else {}

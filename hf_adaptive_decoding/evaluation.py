@@ -23,7 +23,7 @@ from .modeling import AutoDecodingAdapter, DecodingAdapterModel
 from .objectives import pass_at_k
 from .policies import ConstantPolicy, DecodingPolicy, EntropyDynamicTemperatureLogitsWarper
 from .prompting import encode_prompts
-from .rewards import score_completions
+from .rewards import reward_function_name, score_completions
 from .rollout import generate_rollouts
 from .shipped import resolve_adapter
 
@@ -204,6 +204,8 @@ def evaluate_decoders(
         "system_prompt": system_prompt,
         "success_threshold": success_threshold,
         "rows_per_batch": rows_per_batch,
+        "rewards": [reward_function_name(func) for func in reward_funcs],
+        "max_recorded_tokens": max_recorded_tokens,
         "dataset_fingerprint": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12],
     }
     options = {

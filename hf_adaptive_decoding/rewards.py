@@ -315,7 +315,8 @@ def make_math_reward(timeout: float | None = 5.0, failure_reward: float = 0.0) -
 math_reward = make_math_reward()
 
 
-def _func_name(func: Callable) -> str:
+def reward_function_name(func: Callable) -> str:
+    """The name a reward function is logged and cached under: its `__name__`, else its class name."""
     return getattr(func, "__name__", type(func).__name__)
 
 
@@ -332,7 +333,7 @@ def _call(func: Callable, kwargs: dict[str, Any], timeout: float | None) -> Any:
 
     # A daemon thread rather than a thread pool, whose workers the interpreter joins at exit: a hung reward
     # function must not keep the process from exiting.
-    thread = threading.Thread(target=run, name=f"reward-{_func_name(func)}", daemon=True)
+    thread = threading.Thread(target=run, name=f"reward-{reward_function_name(func)}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
@@ -415,7 +416,7 @@ def compute_rewards(
     rewards_per_func = torch.full((num_samples, num_funcs), math.nan, dtype=torch.float32)
     kwargs = {"prompts": prompts, "completions": completions, **columns}
     for column, func in enumerate(reward_funcs):
-        name = _func_name(func)
+        name = reward_function_name(func)
         try:
             values = _call(func, kwargs, timeout)
         except Exception as error:

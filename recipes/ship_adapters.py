@@ -69,9 +69,7 @@ def _hours(timings: Path) -> str:
 def _verdict(summary: dict, column: str, budget: int) -> str:
     notes = []
     for k in summary["settings"]["ks"]:
-        entry = next(
-            e for e in summary["results"] if (e["decoder"], e["token_budget"], e["k"]) == (column, budget, k)
-        )
+        entry = next(e for e in summary["results"] if (e["decoder"], e["token_budget"], e["k"]) == (column, budget, k))
         low, high = 100 * (entry["delta"] - entry["delta_ci95"]), 100 * (entry["delta"] + entry["delta_ci95"])
         significant = "excludes 0" if low > 0 or high < 0 else "includes 0: no significant difference"
         delta = f"{100 * entry['delta']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}]"

@@ -432,11 +432,6 @@ def test_a_changed_decoder_is_run_again(run, monkeypatch, tmp_path):
     assert _unit(cache, "EDT", 0)["context"]["decoder"] == "EDT T0=1.5 N=0.8 theta=1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluate_decoders' unit cache context omits the reward functions: rewards cached with one reward "
-    "function are returned for another.",
-)
 def test_another_reward_function_is_not_served_from_the_cache(llama, tmp_path):
     tokenizer, dataset = make_char_tokenizer(), Dataset.from_dict({"prompt": PROMPTS})
     decoders = [Decoder.from_spec("greedy=static:greedy")]
