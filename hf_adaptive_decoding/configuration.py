@@ -117,8 +117,8 @@ class DecodingAction:
             try:
                 values[field_name] = kind(raw)
             except ValueError:
-                expected = kind.__name__
-                raise ValueError(f"{key} in decoding action {name!r} must be a {expected}, got {raw!r}.") from None
+                expected = "an integer" if kind is int else "a number"
+                raise ValueError(f"{key} in decoding action {name!r} must be {expected}, got {raw!r}.") from None
         if "temperature" not in values:
             raise ValueError(f"Decoding action {name!r} names no temperature (T=...); greedy is written 'greedy'.")
         return cls(**values)

@@ -121,7 +121,13 @@ class Decoder:
             return cls.static(name, argument)
         if kind == "best":
             with open(argument) as handle:
-                best = json.load(handle)["best"]
+                selection = json.load(handle)
+            best = selection.get("best") if isinstance(selection, dict) else None
+            if not isinstance(best, dict) or not {"action", "mean_reward"} <= best.keys():
+                raise ValueError(
+                    f"{argument!r} has no 'best' entry with 'action' and 'mean_reward'; a BEST decoder reads the "
+                    "selection.json that recipes/select_actions.py writes."
+                )
             decoder = cls.static(name, DecodingAction.from_dict(best["action"]))
             decoder.description += f" (best on validation: {best['mean_reward']:.3f})"
             return decoder

@@ -91,15 +91,25 @@ class EntropyDynamicTemperatureLogitsWarper(LogitsProcessor):
         temperature (`float`, defaults to 1.0): `T0`, the temperature approached as the entropy grows.
         base (`float`, defaults to 0.8): `N` in (0, 1).
         theta (`float`, defaults to 1.0): how fast the temperature falls as the entropy shrinks; > 0.
-        min_temperature (`float`, defaults to 1e-2): floor, so that a zero-entropy row stays finite (it is greedy).
+        min_temperature (`float`, *optional*): floor, so that a zero-entropy row stays finite (it is greedy);
+            defaults to `min(1e-2, temperature)`.
     """
 
-    def __init__(self, temperature: float = 1.0, base: float = 0.8, theta: float = 1.0, min_temperature: float = 1e-2):
+    def __init__(
+        self, temperature: float = 1.0, base: float = 0.8, theta: float = 1.0, min_temperature: float | None = None
+    ):
+        if min_temperature is None and isinstance(temperature, (int, float)) and temperature > 0:
+            min_temperature = min(1e-2, temperature)
         for name, value, ok, allowed in (
             ("temperature", temperature, temperature > 0, "> 0"),
             ("base", base, 0 < base < 1, "in (0, 1)"),
             ("theta", theta, theta > 0, "> 0"),
-            ("min_temperature", min_temperature, 0 < min_temperature <= temperature, "in (0, temperature]"),
+            (
+                "min_temperature",
+                min_temperature,
+                min_temperature is None or 0 < min_temperature <= temperature,
+                "in (0, temperature]",
+            ),
         ):
             if not ok:
                 raise ValueError(f"EntropyDynamicTemperatureLogitsWarper.{name} must be {allowed}, got {value!r}.")

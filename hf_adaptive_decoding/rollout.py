@@ -97,6 +97,8 @@ def generate_rollouts(
             share its prefill). No decisions are recorded then.
     """
     device = input_ids.device
+    if parallel_budgets is not None and adapter.level != "sequence":
+        raise ValueError("parallel_budgets is a sequence-level input; a token-level policy is told b_t, not B.")
     checked = [("num_samples", num_samples), ("token_budgets", token_budgets)]
     if parallel_budgets is not None:
         checked.append(("parallel_budgets", parallel_budgets))
@@ -107,10 +109,15 @@ def generate_rollouts(
             )
     num_samples = num_samples.to(device)
     parallel_budgets = num_samples if parallel_budgets is None else parallel_budgets.to(device)
-    if fixed_actions is not None and (adapter.level != "sequence" or fixed_actions.shape != (int(num_samples.sum()),)):
+    num_actions = len(adapter.decoding_config.actions)
+    if fixed_actions is not None and (
+        adapter.level != "sequence"
+        or fixed_actions.shape != (int(num_samples.sum()),)
+        or bool(((fixed_actions < 0) | (fixed_actions >= num_actions)).any())
+    ):
         raise ValueError(
-            f"fixed_actions needs a sequence-level policy and one action per row ({int(num_samples.sum())} rows); got "
-            f"a {adapter.level}-level policy and shape {tuple(fixed_actions.shape)}."
+            f"fixed_actions needs a sequence-level policy and one action index in [0, {num_actions}) per row "
+            f"({int(num_samples.sum())} rows); got a {adapter.level}-level policy and {fixed_actions.tolist()}."
         )
     token_budgets = token_budgets.to(device)
     token_level = adapter.level == "token"

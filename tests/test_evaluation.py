@@ -39,6 +39,13 @@ def test_static_specs(spec, name, action):
     assert decoder.samples_identical == (not action.do_sample)
 
 
+def test_best_spec_without_a_best_entry_says_what_it_expects(tmp_path):
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps({"sequence": []}))
+    with pytest.raises(ValueError, match="has no 'best' entry with 'action' and 'mean_reward'"):
+        Decoder.from_spec(f"BEST=best:{selection}")
+
+
 def test_best_spec_reads_the_selection(tmp_path):
     action = DecodingAction(temperature=0.75, top_p=0.9, min_p=0.1)
     selection = tmp_path / "selection.json"

@@ -141,3 +141,9 @@ def test_edt_constructor_errors_name_the_bad_value(kwargs, name, value):
     message = str(error.value)
     assert f"EntropyDynamicTemperatureLogitsWarper.{name} must be" in message
     assert message.endswith(f"got {value}.")
+
+
+def test_edt_with_a_temperature_below_the_default_floor_lowers_the_floor():
+    warper = EntropyDynamicTemperatureLogitsWarper(temperature=0.005)
+    assert warper.min_temperature == 0.005
+    assert torch.all(warper.row_temperatures(torch.tensor([[0.0, 0.0, 0.0]])) <= 0.005)

@@ -151,8 +151,14 @@ def test_fixed_actions_give_each_row_its_own_action(llama):
 @pytest.mark.parametrize(
     ("level", "fixed", "message"),
     [
-        ("sequence", [0, 1, 0], "one action per row \\(4 rows\\).*shape \\(3,\\)"),
-        ("sequence", [[0, 1, 0, 1]], "shape \\(1, 4\\)"),
+        ("sequence", [0, 1, 0], "per row \\(4 rows\\).*\\[0, 1, 0\\]"),
+        ("sequence", [[0, 1, 0, 1]], "\\[\\[0, 1, 0, 1\\]\\]"),
+        (
+            "sequence",
+            [0, 1, len(TOKEN_ACTIONS), 1],
+            f"in \\[0, {len(TOKEN_ACTIONS)}\\).*\\[0, 1, {len(TOKEN_ACTIONS)}, 1\\]",
+        ),
+        ("sequence", [0, -1, 0, 1], "\\[0, -1, 0, 1\\]"),
         ("token", [0, 1, 0, 1], "a token-level policy"),
     ],
 )
@@ -163,6 +169,15 @@ def test_fixed_actions_need_a_sequence_policy_and_one_action_per_row(llama, leve
     policy = ConstantPolicy.mixed(TOKEN_ACTIONS, level=level)
     with pytest.raises(ValueError, match=f"fixed_actions needs a sequence-level policy.*{message}"):
         _rollout(llama, policy, inputs, [2, 2], [4, 4], fixed_actions=torch.tensor(fixed))
+
+
+def test_parallel_budgets_are_refused_at_token_level(llama):
+    from hf_adaptive_decoding.policies import ConstantPolicy
+
+    inputs = left_padded_batch(lengths=(5, 3))
+    policy = ConstantPolicy.mixed(TOKEN_ACTIONS, level="token")
+    with pytest.raises(ValueError, match="parallel_budgets is a sequence-level input"):
+        _rollout(llama, policy, inputs, [2, 2], [4, 4], parallel_budgets=torch.tensor([2, 2]))
 
 
 def test_parallel_budgets_are_what_a_budget_aware_sequence_adapter_is_told(llama, monkeypatch):
