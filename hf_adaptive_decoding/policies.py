@@ -38,8 +38,9 @@ class ConstantPolicy:
     Args:
         actions (`Sequence[DecodingAction]`): the action space.
         probs (`Sequence[float]`, *optional*): the fixed distribution over `actions` (default: uniform).
-        level (`str`, defaults to `"sequence"`): when the policy decides (`"token"` also records per-token data such
-            as entropies, at no change in what is sampled for a static action).
+        level (`str`, defaults to `"sequence"`): when the policy decides. `"token"` also records per-token data such
+            as entropies; as every decision draws from the random stream, the same seed gives other samples than at
+            `"sequence"` level, from the same distribution.
     """
 
     context_features = "hidden_state"
