@@ -365,7 +365,7 @@ def _summarise(decoders, outcomes, settings, reference, threshold) -> dict[str, 
             - per_problem[(reference, entry["token_budget"], entry["k"])]
         )
         entry["delta"], entry["delta_ci95"] = float(difference.mean()), _half_width(difference)
-    main_budget = settings["token_budgets"][-1]
+    main_budget = max(settings["token_budgets"])  # the budget the report plots lead with
     lengths = {
         decoder.name: {
             str(budget): [
