@@ -53,9 +53,23 @@ def results_table(
     return "\n".join(lines)
 
 
-def _errorbar(axis, xs: Sequence[int], points: list[dict[str, Any]], label: str) -> None:
+MARKERS = "osD^vP*Xh<>p"
+
+
+def _errorbar(
+    axis, xs: Sequence[int], points: list[dict[str, Any]], label: str, index: int, count: int, log_x: bool
+) -> None:
+    """One decoder's means with 95% intervals; decoders are shifted apart a little along x so the bars stay legible."""
+    shift = 0.025 * (index - (count - 1) / 2)
+    shifted = [x * 2**shift if log_x else x + shift * (max(xs) - min(xs) or 1) for x in xs]
     means, errors = [100 * p["mean"] for p in points], [100 * p["ci95"] for p in points]
-    axis.errorbar(xs, means, yerr=errors, marker="o", capsize=2, label=label)
+    import matplotlib
+
+    # tab20 holds 10 hues in dark/light pairs: the 10 dark ones first, then the light ones.
+    color = matplotlib.colormaps["tab20"]((2 * index + index // 10) % 20)
+    axis.errorbar(
+        shifted, means, yerr=errors, marker=MARKERS[index % len(MARKERS)], color=color, capsize=2, label=label
+    )
 
 
 def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
@@ -75,10 +89,12 @@ def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[
 
     panels = 2 if len(budgets) > 1 else 1
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
-    for name in names:
-        _errorbar(axes[0][0], ks, [_entry(summary, name, main_budget, k) for k in ks], name)
+    for index, name in enumerate(names):
+        points = [_entry(summary, name, main_budget, k) for k in ks]
+        _errorbar(axes[0][0], ks, points, name, index, len(names), log_x=True)
         if panels == 2:
-            _errorbar(axes[0][1], budgets, [_entry(summary, name, b, ks[0]) for b in budgets], name)
+            points = [_entry(summary, name, b, ks[0]) for b in budgets]
+            _errorbar(axes[0][1], budgets, points, name, index, len(names), log_x=False)
     axes[0][0].set_xscale("log", base=2)
     axes[0][0].set_xticks(ks, [str(k) for k in ks])
     axes[0][0].set(xlabel="parallel budget k (Pass@k)", ylabel="accuracy (%)", title=f"token budget {main_budget}")
@@ -104,8 +120,12 @@ def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[
 
     entropy = summary.get("token_entropy", {})
     if entropy:
-        figure, axes = plt.subplots(1, len(entropy), figsize=(4 * len(entropy), 3.5), squeeze=False, sharey=True)
-        for axis, (name, record) in zip(axes[0], entropy.items(), strict=True):
+        columns = min(4, len(entropy))
+        rows = -(-len(entropy) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows + 0.5), squeeze=False, sharey=True)
+        for axis in axes.flat[len(entropy) :]:
+            axis.set_visible(False)
+        for axis, (name, record) in zip(axes.flat, entropy.items(), strict=False):
             values, chosen = record["entropy"], record["action"]
             top = max(values) if values else 1.0
             bins = [top * i / 30 for i in range(31)]
@@ -116,7 +136,8 @@ def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[
             axis.set_yscale("log")
             axis.set(title=name, xlabel="next-token entropy (nats)")
             axis.legend(fontsize=7)
-        axes[0][0].set_ylabel("tokens")
+        for row in axes:
+            row[0].set_ylabel("tokens")
         figure.suptitle("Token entropy by chosen action")
         figure.tight_layout()
         written.append(folder / "token_entropy_by_action.png")

@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import HfArgumentParser
 
 from hf_adaptive_decoding import DecodingAction
-from hf_adaptive_decoding.evaluation_report import results_table
+from hf_adaptive_decoding.evaluation_report import plot_evaluation, results_table
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "templates" / "shipped_adapter.md"
 # run folder -> (short name, decoder name in the evaluation, one-line summary)
@@ -153,7 +153,13 @@ def keep_results(reproduction: Path, results_dir: Path) -> None:
             if (source / filename).exists():
                 (results_dir / folder).mkdir(exist_ok=True)
                 shutil.copy2(source / filename, results_dir / folder / filename)
-        if (source / "plots").is_dir():
+        if (source / "details.json").exists():  # redrawn, so the kept plots follow the current report code
+            summary = {
+                **json.loads((source / "results.json").read_text()),
+                **json.loads((source / "details.json").read_text()),
+            }
+            plot_evaluation(summary, results_dir / folder / "plots")
+        elif (source / "plots").is_dir():
             shutil.copytree(source / "plots", results_dir / folder / "plots", dirs_exist_ok=True)
     selection = reproduction / "action_selection"
     (results_dir / "action_selection").mkdir(exist_ok=True)
