@@ -12,7 +12,7 @@
 #
 # Resumable: every step that finished is skipped (a marker in outputs/reproduce/), a training step continues from
 # its newest checkpoint, selection and evaluation reuse what they cached. Kill it at any time and run it again.
-# Logs: outputs/reproduce/logs/; time per step: outputs/reproduce/timings.tsv.
+# Logs: outputs/reproduce/logs/; time per step: outputs/reproduce/timings.tsv (killed attempts included).
 # REPRODUCE_SMOKE=1 shrinks every step to seconds (for tests); SKIP_SHIP=1 stops before step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,11 +38,17 @@ stage() {  # stage <name> <command...>: run unless already done, log it, time it
     echo "== $name: done before, skipped"
     return
   fi
+  local log="$OUT/logs/$name.log" started="$OUT/.started-$name"
+  if [ -f "$started" ] && [ -f "$log" ]; then  # an attempt was killed: count it until its log's last write
+    printf '%s (interrupted)\t%d\n' "$name" $(($(stat -c %Y "$log") - $(cat "$started"))) >>"$OUT/timings.tsv"
+  fi
   echo "== $name: $*"
+  date +%s >"$started"
   local start=$SECONDS
-  "$@" 2>&1 | tee -a "$OUT/logs/$name.log"
+  "$@" 2>&1 | tee -a "$log"
   printf '%s\t%d\n' "$name" $((SECONDS - start)) >>"$OUT/timings.tsv"
   touch "$OUT/.done-$name"
+  rm -f "$started"
 }
 
 stage select-actions "$PY" recipes/select_actions.py --output_dir "$OUT/action_selection" "${select_args[@]}"

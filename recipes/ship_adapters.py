@@ -107,7 +107,8 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
         for sweep_budget in sorted(sweep["settings"]["token_budgets"])[:-1]:
             sweep_columns = [c for c in columns if c in sweep["decoders"]]
             table = results_table(sweep, sweep_columns, token_budget=sweep_budget)
-            tables.append(f"Token budget {sweep_budget}, seed {sweep['settings']['seeds']}:\n\n{table}")
+            seeds = ", ".join(str(seed) for seed in sweep["settings"]["seeds"])
+            tables.append(f"Token budget {sweep_budget}, seed {seeds}:\n\n{table}")
     context = (
         "the next-token entropy (one number)"
         if decoding.get("context_features") == "entropy"

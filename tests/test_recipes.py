@@ -153,8 +153,14 @@ def test_reproduce_script_runs_every_step_resumes_and_ships_loadable_adapters(de
 
     again = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 9, again.stdout[-2000:]
+    # As if the evaluation step had been killed 7 s after it started: the rerun counts that attempt in the timings.
     (out / ".done-evaluate").unlink()
+    log_written = int((out / "logs" / "evaluate.log").stat().st_mtime)
+    (out / ".started-evaluate").write_text(f"{log_written - 7}\n")
     before = (out / "evaluation" / "results.json").read_text()
     rerun = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert (out / "evaluation" / "results.json").read_text() == before
+    timings = (out / "timings.tsv").read_text().splitlines()
+    assert timings[-2:][0] == "evaluate (interrupted)\t7" and timings[-1].startswith("evaluate\t"), timings
+    assert not (out / ".started-evaluate").exists()
