@@ -55,3 +55,51 @@ def test_resolve_adapter(tmp_path, monkeypatch):
     assert resolve_adapter("org/some-adapter") == "org/some-adapter"
     assert resolve_adapter("templates") == "templates"  # no config.json: not a shipped adapter
     assert resolve_adapter("nested") == "nested"
+
+
+SHIPPED = {
+    "smollm2-135m-arithmetic-token-budget": ("token", "log", "hidden_state"),
+    "smollm2-135m-arithmetic-token": ("token", None, "hidden_state"),
+    "smollm2-135m-arithmetic-token-entropy": ("token", "log", "entropy"),
+    "smollm2-135m-arithmetic-seq-budget": ("sequence", "log", "hidden_state"),
+    "smollm2-135m-arithmetic-seq": ("sequence", None, "hidden_state"),
+}
+
+
+def test_the_committed_adapters_load_fit_the_default_model_and_decode(default_model):
+    """The five adapters of the reproduction, as committed: each loads by its short name, fits the embedded default
+    model, decodes a prompt with it, and its card carries what a Hub card needs."""
+    import torch
+
+    from hf_adaptive_decoding import AutoDecodingAdapter
+
+    model, tokenizer = default_model
+    assert set(shipped_adapters()) == set(SHIPPED)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 7 * 8? Provide the final answer within \\boxed{}."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    for name, (level, budget_feature, context_features) in SHIPPED.items():
+        adapter = AutoDecodingAdapter.from_pretrained(resolve_adapter(name))
+        assert (adapter.level, adapter.budget_feature, adapter.context_features) == (
+            level,
+            budget_feature,
+            context_features,
+        ), name
+        adapter.check_compatible(model)
+        torch.manual_seed(0)
+        out = model.generate(**inputs, decoding_adapter=adapter, deterministic=True, max_new_tokens=8)
+        assert out.shape[1] > inputs["input_ids"].shape[1], name
+        card = (shipped_adapters()[name] / "README.md").read_text()
+        for needed in (
+            "base_model: HuggingFaceTB/SmolLM2-135M-Instruct",
+            "revision `",
+            "| id | action | settings |",
+            "| Pass@1 |",
+            "95% interval",
+            "bash recipes/reproduce.sh",
+            "## Intended use and limits",
+        ):
+            assert needed in card, (name, needed)
