@@ -5,6 +5,7 @@ Importing this package makes every transformers model's `generate` accept `decod
 
 from .configuration import ACTION_PRESETS, AdaptiveDecodingConfig, DecodingAction, candidate_pool
 from .default_model import load_default_model
+from .draft_modeling import DRAFT_FEATURES, DraftAdapterConfig, DraftAdapterModel, IncompatibleDraftSourceError
 from .generation import AdaptiveDecodingProcessor, AdaptiveGenerateOutput, adaptive_generate, patch_generate
 from .modeling import (
     AutoDecodingAdapter,
@@ -15,6 +16,7 @@ from .modeling import (
 )
 from .prompting import encode_chat
 from .sampling import ActionTransform, NonFiniteLogitsError
+from .speculative import SpeculativeGenerateOutput
 from .tasks import arithmetic_dataset
 
 patch_generate()
@@ -68,6 +70,11 @@ __all__ = [
     "DecodingAdapterConfig",
     "DecodingAdapterModel",
     "DecodingAdapterOutput",
+    "DRAFT_FEATURES",
+    "DraftAdapterConfig",
+    "DraftAdapterModel",
+    "IncompatibleDraftSourceError",
+    "SpeculativeGenerateOutput",
     "IncompatibleBaseModelError",
     "NonFiniteLogitsError",
     "adaptive_generate",

@@ -27,9 +27,11 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .draft_modeling import DraftAdapterModel
 from .features import HiddenStateCapture, token_context
 from .modeling import DecodingAdapterModel
 from .sampling import ActionTransform
+from .speculative import speculative_generate
 
 # generate() arguments that choose a sampling strategy, with the values that switch transformers' own warper off.
 # With an adapter, the adapter owns sampling: these are forced to neutral, so nothing is applied on top of its choice.
@@ -264,6 +266,20 @@ def generate(
         if sampling_budget is not None or deterministic:
             raise ValueError("`sampling_budget` and `deterministic` only apply together with `decoding_adapter=`.")
         return _original_generate(self, inputs, generation_config, logits_processor, *args, **kwargs)
+    if isinstance(decoding_adapter, DraftAdapterModel):
+        if sampling_budget is not None:
+            raise ValueError("sampling_budget is for sequence-level decoding adapters, not for a draft adapter.")
+        return speculative_generate(
+            self,
+            decoding_adapter,
+            _original_generate,
+            inputs,
+            generation_config,
+            logits_processor,
+            *args,
+            deterministic=deterministic,
+            **kwargs,
+        )
 
     _check_adapter(self, decoding_adapter, sampling_budget)
     _raise_for_conflicts(_sampling_conflicts(kwargs))

@@ -230,26 +230,31 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
         Raise [`IncompatibleBaseModelError`] if `model` is not the language model this adapter was built for
         (hidden size, vocabulary size, or a different base model id when both ids are known).
         """
-        text_config = model.config.get_text_config(decoder=True)
-        hidden_size = getattr(text_config, "hidden_size", None)
-        vocab_size = getattr(text_config, "vocab_size", None)
-        expected_id = self.config.base_model_name_or_path
-        actual_id = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
-        problems = []
-        if hidden_size != self.config.base_model_hidden_size:
-            problems.append(f"hidden size {hidden_size} != {self.config.base_model_hidden_size}")
-        if self.config.base_model_vocab_size is not None and vocab_size != self.config.base_model_vocab_size:
-            problems.append(f"vocabulary size {vocab_size} != {self.config.base_model_vocab_size}")
-        if _is_hub_id(expected_id) and _is_hub_id(actual_id) and expected_id != actual_id:
-            problems.append("different base model id")
-        if problems:
-            raise IncompatibleBaseModelError(
-                f"This decoding adapter was built for {expected_id or 'an unnamed model'!r} (hidden size "
-                f"{self.config.base_model_hidden_size}, vocabulary {self.config.base_model_vocab_size}) but is used "
-                f"with {actual_id or 'an unnamed model'!r} ({type(model).__name__}, hidden size {hidden_size}, "
-                f"vocabulary {vocab_size}): {'; '.join(problems)}. Build one for this model with "
-                "`AutoDecodingAdapter.for_model(model, config)`."
-            )
+        check_base_model(self.config, model)
+
+
+def check_base_model(config: PretrainedConfig, model: PreTrainedModel) -> None:
+    """Raise [`IncompatibleBaseModelError`] unless `model` matches the `base_model_*` fields of an adapter's config."""
+    text_config = model.config.get_text_config(decoder=True)
+    hidden_size = getattr(text_config, "hidden_size", None)
+    vocab_size = getattr(text_config, "vocab_size", None)
+    expected_id = config.base_model_name_or_path
+    actual_id = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
+    problems = []
+    if hidden_size != config.base_model_hidden_size:
+        problems.append(f"hidden size {hidden_size} != {config.base_model_hidden_size}")
+    if config.base_model_vocab_size is not None and vocab_size != config.base_model_vocab_size:
+        problems.append(f"vocabulary size {vocab_size} != {config.base_model_vocab_size}")
+    if _is_hub_id(expected_id) and _is_hub_id(actual_id) and expected_id != actual_id:
+        problems.append("different base model id")
+    if problems:
+        raise IncompatibleBaseModelError(
+            f"This {config.model_type.replace('_', ' ')} was built for {expected_id or 'an unnamed model'!r} (hidden "
+            f"size {config.base_model_hidden_size}, vocabulary {config.base_model_vocab_size}) but is used with "
+            f"{actual_id or 'an unnamed model'!r} ({type(model).__name__}, hidden size {hidden_size}, vocabulary "
+            f"{vocab_size}): {'; '.join(problems)}. Build one for this model with "
+            "`AutoDecodingAdapter.for_model(model, config)`."
+        )
 
 
 def _is_hub_id(name_or_path: str | None) -> bool:
