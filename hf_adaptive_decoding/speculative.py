@@ -246,10 +246,15 @@ def speculative_generate(
 
         # `_assisted_decoding` looks the factory up on the instance: shadow it for this call only.
         model._get_candidate_generator = types.MethodType(factory, model)
+        # Early exit truncates the target's layer count while it drafts, without restoring it if drafting fails.
+        base_config = getattr(model, model.base_model_prefix, model).config
+        num_layers = getattr(base_config, "num_hidden_layers", None)
         try:
             result = original_generate(model, inputs, generation_config, logits_processor, *args, **kwargs)
         finally:
             del model._get_candidate_generator
+            if num_layers is not None:
+                base_config.num_hidden_layers = num_layers
     if not isinstance(result, GenerateDecoderOnlyOutput) or not controllers:
         return result
     controller = controllers[-1]
