@@ -1,0 +1,335 @@
+"""Exact replay of greedy speculative decoding, so a draft adapter can be trained without timing a noisy machine.
+
+With greedy decoding the target's output does not depend on how drafts are sized, and a drafted token is accepted
+exactly when it equals the target's token at that position. So one greedy generation of the target and one
+teacher-forced pass of the draft (or, for prompt lookup, the lookup at every position) tell the outcome of every
+possible draft: a [`DraftTrace`]. [`simulate_drafting`] then replays any policy on many traces at once, pricing each
+cycle with a [`CycleCostModel`] fitted to this machine by [`calibrate_cost_model`](see `draft_calibration`).
+
+One approximation: after the first rejected token of a cycle, the live draft model continues from its own tokens,
+while the replay shows the policy the teacher-forced draft statistics of those positions. Those tokens are rejected
+either way; only the policy's view of them (and so when it stops) can differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel
+from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+from .draft_modeling import DRAFT_FEATURES, DraftAdapterModel
+from .features import next_token_entropy
+from .speculative import ACCEPTANCE_EMA_DECAY, REMAINING_TOKENS_SCALE
+
+Source = Literal["assistant_model", "early_exit", "prompt_lookup"]
+
+
+@dataclass
+class DraftTrace:
+    """
+    One greedy generation of the target and what a candidate source proposes along it.
+
+    Args:
+        tokens (`torch.LongTensor` of shape `(T,)`): the generated tokens.
+        hidden (`torch.FloatTensor` of shape `(T, hidden_size)`): the target's final hidden state that produced each.
+        match_run (`torch.LongTensor` of shape `(T,)`): from each position, how many proposed tokens in a row equal
+            the target's (a draft started there has this many accepted at most).
+        draft_stats (`torch.FloatTensor` of shape `(T, 3)`): the draft's probability of its greedy token, entropy
+            over log(vocabulary) and top-1 minus top-2 margin at each position (zeros for prompt lookup).
+        proposal_length (`torch.LongTensor` of shape `(T,)`): prompt lookup only, how many tokens the lookup
+            proposes from each position (up to `max_draft_tokens`); -1 for a draft model, which proposes on demand.
+        max_new_tokens (`int`): the budget of the call, which caps drafts near the end as transformers does.
+        source (`str`): `"assistant_model"`, `"early_exit"` or `"prompt_lookup"`.
+    """
+
+    tokens: torch.LongTensor
+    hidden: torch.FloatTensor
+    match_run: torch.LongTensor
+    draft_stats: torch.FloatTensor
+    proposal_length: torch.LongTensor
+    max_new_tokens: int
+    source: str
+
+
+def _match_runs(proposed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """run[j] = number of consecutive positions from j where the proposal equals the target's token."""
+    equal = (proposed == tokens).long().flip(0)
+    # Cumulative count of ones that resets at each zero, computed from the end.
+    runs = torch.zeros_like(equal)
+    count = 0
+    for index, value in enumerate(equal.tolist()):  # T is at most a few hundred: once per trace, not per step
+        count = count + 1 if value else 0
+        runs[index] = count
+    return runs.flip(0)
+
+
+def _draft_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens and (prob, entropy / log V, margin) of the draft's logits `(T, V)`."""
+    logits = logits.float()
+    probs = logits.softmax(dim=-1)
+    top2 = probs.topk(2, dim=-1)
+    entropy = next_token_entropy(logits) / math.log(logits.shape[-1])
+    return top2.indices[:, 0], torch.stack([top2.values[:, 0], entropy, top2.values[:, 0] - top2.values[:, 1]], -1)
+
+
+@torch.no_grad()
+def collect_trace(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    source: Source,
+    max_new_tokens: int,
+    max_draft_tokens: int,
+    draft_model: PreTrainedModel | None = None,
+    early_exit_layer: int | None = None,
+    max_matching_ngram_size: int = 2,
+) -> DraftTrace:
+    """
+    Generate greedily with the target from one prompt `(1, prompt_length)` and record what `source` proposes along
+    the way: one generation plus one teacher-forced forward (of the draft model, or of the target, whose layer
+    `early_exit_layer` gives the early-exit draft), or the prompt lookup at each position.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"collect_trace takes one prompt of shape (1, length), got {tuple(input_ids.shape)}.")
+    prompt_length = input_ids.shape[1]
+    sequence = model.generate(input_ids=input_ids, do_sample=False, max_new_tokens=max_new_tokens)
+    tokens = sequence[0, prompt_length:]
+    if len(tokens) == 0:
+        raise ValueError("The target generated no token for this prompt: there is nothing to draft.")
+    outputs = model(input_ids=sequence[:, :-1], output_hidden_states=True)
+    positions = slice(prompt_length - 1, None)  # the states that predict each generated token
+    hidden = outputs.hidden_states[-1][0, positions]
+    proposal_length = torch.full_like(tokens, -1)
+    if source == "prompt_lookup":
+        lookup = PromptLookupCandidateGenerator(
+            eos_token_id=torch.tensor(_eos_ids(model), device=sequence.device),
+            num_output_tokens=max_draft_tokens,
+            max_matching_ngram_size=max_matching_ngram_size,
+            max_length=prompt_length + max_new_tokens,
+        )
+        runs = torch.zeros_like(tokens)
+        for position in range(len(tokens)):
+            prefix = sequence[:, : prompt_length + position]
+            candidate, _ = lookup.get_candidates(prefix)
+            proposal = candidate[0, prefix.shape[1] :]
+            proposal_length[position] = len(proposal)
+            target = tokens[position : position + len(proposal)]
+            agree = (proposal[: len(target)] == target).long()
+            runs[position] = int(agree.cumprod(0).sum()) if len(agree) else 0
+        stats = torch.zeros(len(tokens), 3)
+        return DraftTrace(tokens, hidden.float(), runs, stats, proposal_length, max_new_tokens, source)
+    if source == "early_exit":
+        if early_exit_layer is None:
+            raise ValueError("source='early_exit' needs early_exit_layer.")
+        decoder = model.get_decoder()
+        early = decoder.norm(outputs.hidden_states[early_exit_layer])
+        draft_logits = model.get_output_embeddings()(early)[0, positions]
+    elif source == "assistant_model":
+        if draft_model is None:
+            raise ValueError("source='assistant_model' needs draft_model.")
+        draft_logits = draft_model(input_ids=sequence[:, :-1]).logits[0, positions]
+    else:
+        raise ValueError(f"source must be 'assistant_model', 'early_exit' or 'prompt_lookup', got {source!r}.")
+    greedy, stats = _draft_stats(draft_logits)
+    runs = _match_runs(greedy, tokens)
+    return DraftTrace(tokens, hidden.float(), runs, stats, proposal_length, max_new_tokens, source)
+
+
+def _eos_ids(model: PreTrainedModel) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+@dataclass
+class CycleCostModel:
+    """
+    Seconds per draft-and-verify cycle as `intercept + per_token * k` for `k` drafted tokens, and per plain decoding
+    step; fitted on this machine by `draft_calibration.calibrate_cost_model`.
+    """
+
+    source: str
+    intercept: float
+    per_token: float
+    plain_step: float
+    measurements: list = field(default_factory=list)
+
+    def cycle_seconds(self, drafted: torch.Tensor) -> torch.Tensor:
+        return self.intercept + self.per_token * drafted.float()
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as handle:
+            json.dump(asdict(self), handle, indent=2)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> CycleCostModel:
+        with open(path) as handle:
+            return cls(**json.load(handle))
+
+
+@dataclass
+class SimulationResult:
+    """
+    What [`simulate_drafting`] replayed, one episode per (trace, rollout).
+
+    Args:
+        speedup (`torch.FloatTensor` of shape `(episodes,)`): plain decoding time over the replayed time.
+        trace_index (`torch.LongTensor` of shape `(episodes,)`): the trace each episode replays.
+        features, hidden, stopped, episode (`torch.Tensor`): one row per decision the policy took (not the stops the
+            cap forced): its `DRAFT_FEATURES`, hidden state, whether it stopped, and its episode.
+        drafted, accepted (`torch.FloatTensor` of shape `(episodes,)`): tokens drafted and accepted in total.
+        cycles (`torch.LongTensor` of shape `(episodes,)`): number of cycles.
+    """
+
+    speedup: torch.Tensor
+    trace_index: torch.Tensor
+    features: torch.Tensor
+    hidden: torch.Tensor
+    stopped: torch.Tensor
+    episode: torch.Tensor
+    drafted: torch.Tensor
+    accepted: torch.Tensor
+    cycles: torch.Tensor
+
+
+def _stack(traces: list[DraftTrace], name: str, fill: float, dtype) -> torch.Tensor:
+    values = [getattr(trace, name) for trace in traces]
+    width = max(len(v) for v in values)
+    shape = (len(values), width, *values[0].shape[1:])
+    out = torch.full(shape, fill, dtype=dtype)
+    for row, value in enumerate(values):
+        out[row, : len(value)] = value
+    return out
+
+
+@torch.no_grad()
+def simulate_drafting(
+    adapter: DraftAdapterModel,
+    traces: list[DraftTrace],
+    cost_model: CycleCostModel,
+    rollouts: int = 1,
+    deterministic: bool = False,
+) -> SimulationResult:
+    """
+    Replay the adapter's draft decisions on every trace, `rollouts` times each (sampled decisions, or its most
+    likely ones), all episodes in step. Each step every unfinished episode drafts one more token and the policy
+    decides whether to stop there, exactly as `LearnedDraftGenerator` does live.
+    """
+    if not traces:
+        raise ValueError("simulate_drafting needs at least one trace.")
+    sources = {trace.source for trace in traces}
+    if len(sources) != 1 or sources != {cost_model.source}:
+        raise ValueError(f"Traces from {sorted(sources)} cannot be priced by a cost model of {cost_model.source!r}.")
+    max_draft = adapter.max_draft_tokens
+    trace_index = torch.arange(len(traces)).repeat_interleave(rollouts)
+    lengths = torch.tensor([len(t.tokens) for t in traces])[trace_index]
+    budget = torch.tensor([t.max_new_tokens for t in traces])[trace_index]
+    runs = _stack(traces, "match_run", 0, torch.long)[trace_index]
+    proposals = _stack(traces, "proposal_length", 0, torch.long)[trace_index]
+    stats = _stack(traces, "draft_stats", 0.0, torch.float)[trace_index]
+    hidden_all = _stack(traces, "hidden", 0.0, torch.float)[trace_index]
+    episodes = len(trace_index)
+    rows = torch.arange(episodes)
+
+    position = torch.zeros(episodes, dtype=torch.long)  # tokens committed
+    drafted = torch.zeros(episodes, dtype=torch.long)  # tokens drafted in the current cycle
+    seconds = torch.zeros(episodes)
+    acceptance_ema, last_accepted = torch.full((episodes,), 0.5), torch.zeros(episodes)
+    cumulative = torch.ones(episodes)
+    total_drafted, total_accepted = torch.zeros(episodes), torch.zeros(episodes)
+    cycles = torch.zeros(episodes, dtype=torch.long)
+    has_draft_probs = float(cost_model.source != "prompt_lookup")
+    record: dict[str, list[torch.Tensor]] = {"features": [], "hidden": [], "stopped": [], "episode": []}
+
+    while True:
+        active = position < lengths
+        if not active.any():
+            break
+        # What this cycle may draft: a draft model, up to the cap and what max_length leaves (as transformers
+        # sizes it); prompt lookup, what the lookup found (already within the cap and max_length).
+        start = position.clamp(max=lengths - 1)
+        if has_draft_probs:
+            cap = torch.minimum(torch.full_like(position, max_draft), budget - position - 1).clamp(min=0)
+        else:
+            cap = proposals[rows, start]
+        plain = active & (cap == 0) & (drafted == 0)
+        drafting = active & ~plain
+        drafted = torch.where(drafting, drafted + 1, drafted)
+        at = (position + drafted - 1).clamp(max=stats.shape[1] - 1)
+        token_stats = stats[rows, at] if has_draft_probs else torch.zeros(episodes, 3)
+        cumulative = cumulative * token_stats[:, 0]
+        hidden = torch.where(
+            (position > 0)[:, None], hidden_all[rows, (position - 1).clamp(min=0)], torch.zeros_like(hidden_all[:, 0])
+        )
+        columns = {
+            "draft_prob": token_stats[:, 0],
+            "draft_entropy": token_stats[:, 1],
+            "draft_margin": token_stats[:, 2],
+            "has_draft_probs": torch.full((episodes,), has_draft_probs),
+            "cumulative_draft_prob": cumulative,
+            "position": drafted.float() / max_draft,
+            "acceptance_ema": acceptance_ema,
+            "last_accepted": last_accepted,
+            "remaining_tokens": torch.log1p((budget - position - drafted).clamp(min=0).float())
+            / REMAINING_TOKENS_SCALE,
+            "has_hidden_state": (position > 0).float(),
+        }
+        features = torch.stack([columns[name] for name in DRAFT_FEATURES], dim=-1)
+        decides = drafting & (drafted < cap)
+        stop, _ = adapter.decide_stop(features, hidden if adapter.config.use_hidden_state else None, deterministic)
+        stop = stop.cpu()
+        if decides.any():
+            for key, value in (("features", features), ("hidden", hidden), ("stopped", stop), ("episode", rows)):
+                record[key].append(value[decides])
+        ends = plain | (drafting & (stop | (drafted >= cap)))
+        # Close the cycles that end here.
+        k = torch.where(ends, drafted, torch.zeros_like(drafted))
+        accepted = torch.minimum(k, runs[rows, start])
+        accepted = torch.minimum(accepted, (lengths - position - 1).clamp(min=0))  # the call ends at its last token
+        seconds = seconds + torch.where(ends, cost_model.cycle_seconds(k), torch.zeros_like(seconds))
+        cycled = ends & (k > 0)
+        acceptance_ema = torch.where(
+            cycled,
+            ACCEPTANCE_EMA_DECAY * acceptance_ema + (1 - ACCEPTANCE_EMA_DECAY) * accepted / k.clamp(min=1),
+            acceptance_ema,
+        )
+        last_accepted = torch.where(ends, accepted.float() / max_draft, last_accepted)
+        total_drafted += k
+        total_accepted += torch.where(ends, accepted, torch.zeros_like(accepted))
+        cycles += ends.long()
+        position = torch.where(ends, position + accepted + 1, position)
+        drafted = torch.where(ends, torch.zeros_like(drafted), drafted)
+        cumulative = torch.where(ends, torch.ones_like(cumulative), cumulative)
+
+    def cat(key: str, width: tuple[int, ...], dtype) -> torch.Tensor:
+        return torch.cat(record[key]) if record[key] else torch.zeros((0, *width), dtype=dtype)
+
+    plain_seconds = lengths.float() * cost_model.plain_step
+    return SimulationResult(
+        speedup=plain_seconds / seconds,
+        trace_index=trace_index,
+        features=cat("features", (len(DRAFT_FEATURES),), torch.float),
+        hidden=cat("hidden", (hidden_all.shape[-1],), torch.float),
+        stopped=cat("stopped", (), torch.bool),
+        episode=cat("episode", (), torch.long),
+        drafted=total_drafted,
+        accepted=total_accepted,
+        cycles=cycles,
+    )
+
+
+def decision_log_probs(adapter: DraftAdapterModel, result: SimulationResult) -> torch.Tensor:
+    """Sum over each episode's decisions of `log pi(decision)`, with gradients: `(episodes,)`."""
+    episodes = len(result.speedup)
+    if len(result.stopped) == 0:
+        return torch.zeros(episodes, device=adapter.device, requires_grad=True)
+    hidden = result.hidden if adapter.config.use_hidden_state else None
+    logits = adapter(result.features, hidden).stop_logits.float()
+    stopped = result.stopped.to(logits.device)
+    log_probs = torch.where(stopped, torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits))
+    totals = torch.zeros(episodes, device=logits.device)
+    return totals.index_add(0, result.episode.to(logits.device), log_probs)

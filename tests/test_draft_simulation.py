@@ -1,0 +1,141 @@
+import pytest
+import torch
+
+from hf_adaptive_decoding import DRAFT_FEATURES, DraftAdapterModel
+from hf_adaptive_decoding.draft_simulation import (
+    CycleCostModel,
+    collect_trace,
+    decision_log_probs,
+    simulate_drafting,
+)
+
+from .conftest import make_tiny_model
+
+NEW_TOKENS = 30
+DRAFT_COLUMNS = [DRAFT_FEATURES.index(name) for name in ("draft_prob", "draft_entropy", "draft_margin")]
+DRAFT_COLUMNS.append(DRAFT_FEATURES.index("cumulative_draft_prob"))
+
+
+@pytest.fixture
+def target():
+    model = make_tiny_model("llama")
+    model.generation_config.top_k = None
+    model.generation_config.eos_token_id = None  # full-length generations: every prompt drafts to the end
+    return model
+
+
+@pytest.fixture
+def draft_model():
+    model = make_tiny_model("llama", seed=1)
+    model.generation_config.top_k = None
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def _prompt(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    body = torch.randint(3, 128, (5,), generator=generator)
+    return torch.cat([body, body, body[:3]])[None]
+
+
+def _policy(target, seed: int, blind_to_draft_stats: bool) -> DraftAdapterModel:
+    """A policy whose decisions depend on its inputs (random output weights), thresholded deterministically."""
+    adapter = DraftAdapterModel.for_model(target, max_draft_tokens=5, initial_stop_probability=0.4)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+        if blind_to_draft_stats:
+            # After a rejected token the replay shows teacher-forced draft statistics (see the module docstring):
+            # a policy that ignores them must replay exactly.
+            adapter.mlp[0].weight[:, DRAFT_COLUMNS] = 0.0
+    return adapter.eval()
+
+
+COST = {"intercept": 0.01, "per_token": 0.002, "plain_step": 0.009}
+
+
+@pytest.mark.parametrize(
+    ("source", "generate_kwargs"),
+    [
+        ("prompt_lookup", {"prompt_lookup_num_tokens": 5}),
+        ("assistant_model", None),
+        ("early_exit", {"assistant_early_exit": 1}),
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_replay_matches_live_generation(target, draft_model, source, generate_kwargs, seed):
+    generate_kwargs = generate_kwargs or {"assistant_model": draft_model}
+    adapter = _policy(target, seed, blind_to_draft_stats=source != "prompt_lookup")
+    input_ids = _prompt(seed)
+    live = target.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=NEW_TOKENS,
+        decoding_adapter=adapter,
+        deterministic=True,
+        return_dict_in_generate=True,
+        **generate_kwargs,
+    )
+    trace = collect_trace(
+        target, input_ids, source, NEW_TOKENS, adapter.max_draft_tokens, draft_model=draft_model, early_exit_layer=1
+    )
+    assert torch.equal(trace.tokens, live.sequences[0, input_ids.shape[1] :])
+    replay = simulate_drafting(adapter, [trace], CycleCostModel(source, **COST), deterministic=True)
+    assert int(replay.cycles[0]) == len(live.draft_lengths)
+    assert int(replay.drafted[0]) == int(live.draft_lengths.sum())
+    assert int(replay.accepted[0]) == int(live.accepted_lengths.sum())
+    expected_seconds = COST["intercept"] * len(live.draft_lengths) + COST["per_token"] * live.draft_lengths.sum()
+    assert float(replay.speedup[0]) == pytest.approx(NEW_TOKENS * COST["plain_step"] / float(expected_seconds))
+
+
+def test_rollouts_sample_decisions_and_log_probs_have_gradients(target, draft_model):
+    adapter = DraftAdapterModel.for_model(target, max_draft_tokens=4, initial_stop_probability=0.3)
+    traces = [
+        collect_trace(target, _prompt(seed), "assistant_model", NEW_TOKENS, 4, draft_model=draft_model)
+        for seed in range(3)
+    ]
+    torch.manual_seed(0)
+    result = simulate_drafting(adapter, traces, CycleCostModel("assistant_model", **COST), rollouts=5)
+    assert result.speedup.shape == (15,) and result.trace_index.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert len(result.stopped) == len(result.features) == len(result.hidden) == len(result.episode) > 0
+    assert 0.2 < result.stopped.float().mean() < 0.4
+    assert len(set(result.speedup.tolist())) > 3  # sampled decisions differ between rollouts
+    log_probs = decision_log_probs(adapter.train(), result)
+    expected = torch.zeros(15).index_add(
+        0, result.episode, torch.where(result.stopped, torch.tensor(0.3).log(), torch.tensor(0.7).log())
+    )
+    torch.testing.assert_close(log_probs.detach(), expected, atol=1e-5, rtol=1e-5)
+    log_probs.sum().backward()
+    assert adapter.output_layer.bias.grad is not None and adapter.output_layer.bias.grad.abs() > 0
+
+
+def test_always_stopping_drafts_one_token_per_cycle(target, draft_model):
+    adapter = DraftAdapterModel.for_model(target, max_draft_tokens=4, initial_stop_probability=0.999)
+    trace = collect_trace(target, _prompt(0), "assistant_model", NEW_TOKENS, 4, draft_model=draft_model)
+    result = simulate_drafting(adapter, [trace], CycleCostModel("assistant_model", **COST), deterministic=True)
+    assert int(result.drafted[0]) == int(result.cycles[0]) - 1 or int(result.drafted[0]) == int(result.cycles[0])
+    assert int(result.cycles[0]) + int(result.accepted[0]) == NEW_TOKENS
+
+
+def test_errors_name_the_problem(target, draft_model):
+    adapter = DraftAdapterModel.for_model(target)
+    trace = collect_trace(target, _prompt(0), "prompt_lookup", 8, 4)
+    with pytest.raises(ValueError, match="at least one trace"):
+        simulate_drafting(adapter, [], CycleCostModel("prompt_lookup", **COST))
+    with pytest.raises(
+        ValueError, match=r"Traces from \['prompt_lookup'\] cannot be priced by a cost model of 'early"
+    ):
+        simulate_drafting(adapter, [trace], CycleCostModel("early_exit", **COST))
+    with pytest.raises(ValueError, match="source='assistant_model' needs draft_model"):
+        collect_trace(target, _prompt(0), "assistant_model", 8, 4)
+    with pytest.raises(ValueError, match=r"one prompt of shape \(1, length\), got \(2, 13\)"):
+        collect_trace(target, torch.cat([_prompt(0), _prompt(1)]), "prompt_lookup", 8, 4)
+
+
+def test_cost_model_round_trips_through_json(tmp_path):
+    cost = CycleCostModel("early_exit", 0.02, 0.004, 0.015, measurements=[[1, 0.03]])
+    cost.to_json_file(tmp_path / "cost.json")
+    assert CycleCostModel.from_json_file(tmp_path / "cost.json") == cost
+    torch.testing.assert_close(cost.cycle_seconds(torch.tensor([0, 5])), torch.tensor([0.02, 0.04]))
