@@ -322,14 +322,11 @@ def simulate_drafting(
     )
 
 
-def decision_log_probs(adapter: DraftAdapterModel, result: SimulationResult) -> torch.Tensor:
-    """Sum over each episode's decisions of `log pi(decision)`, with gradients: `(episodes,)`."""
-    episodes = len(result.speedup)
-    if len(result.stopped) == 0:
-        return torch.zeros(episodes, device=adapter.device, requires_grad=True)
-    hidden = result.hidden if adapter.config.use_hidden_state else None
-    logits = adapter(result.features, hidden).stop_logits.float()
-    stopped = result.stopped.to(logits.device)
+def episode_log_probs(stop_logits: torch.Tensor, result: SimulationResult) -> torch.Tensor:
+    """Sum over each episode's decisions of `log pi(decision)`, given the policy's `stop_logits` on
+    `result.features` (computed with gradients by the caller): `(episodes,)`."""
+    stopped = result.stopped.to(stop_logits.device)
+    logits = stop_logits.float()
     log_probs = torch.where(stopped, torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits))
-    totals = torch.zeros(episodes, device=logits.device)
+    totals = torch.zeros(len(result.speedup), device=logits.device)
     return totals.index_add(0, result.episode.to(logits.device), log_probs)

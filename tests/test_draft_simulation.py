@@ -5,7 +5,7 @@ from hf_adaptive_decoding import DRAFT_FEATURES, DraftAdapterModel
 from hf_adaptive_decoding.draft_simulation import (
     CycleCostModel,
     collect_trace,
-    decision_log_probs,
+    episode_log_probs,
     simulate_drafting,
 )
 
@@ -102,7 +102,7 @@ def test_rollouts_sample_decisions_and_log_probs_have_gradients(target, draft_mo
     assert len(result.stopped) == len(result.features) == len(result.hidden) == len(result.episode) > 0
     assert 0.2 < result.stopped.float().mean() < 0.4
     assert len(set(result.speedup.tolist())) > 3  # sampled decisions differ between rollouts
-    log_probs = decision_log_probs(adapter.train(), result)
+    log_probs = episode_log_probs(adapter.train()(result.features, result.hidden).stop_logits, result)
     expected = torch.zeros(15).index_add(
         0, result.episode, torch.where(result.stopped, torch.tensor(0.3).log(), torch.tensor(0.7).log())
     )
