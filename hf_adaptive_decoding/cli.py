@@ -65,6 +65,11 @@ def adapters_command(console: Console) -> int:
         return 0
     for name, folder in adapters.items():
         config = json.loads((folder / "config.json").read_text())
+        if config.get("model_type") == "draft_adapter":
+            source = config.get("candidate_source") or "any source"
+            console.print(f"[bold]{name}[/]  draft adapter for {source}, up to {config['max_draft_tokens']} tokens")
+            console.print(f"    {folder}", style="dim")
+            continue
         decoding = config.get("decoding", {})
         names = [DecodingAction.from_dict(action).name for action in decoding.get("actions", [])]
         budget = decoding.get("budget_feature") or "none"

@@ -30,6 +30,9 @@ DRAFT_FEATURES = (
 )
 
 
+CANDIDATE_SOURCES = ("assistant_model", "early_exit", "prompt_lookup")
+
+
 class IncompatibleDraftSourceError(ValueError):
     """Raised when a draft adapter is used with a candidate source it cannot control."""
 
@@ -66,6 +69,9 @@ class DraftAdapterConfig(PreTrainedConfig):
             Activation between layers.
         initializer_range (`float`, defaults to 0.02):
             Std of the normal init.
+        candidate_source (`str`, *optional*):
+            The candidate source the adapter was trained for (`"assistant_model"`, `"early_exit"` or
+            `"prompt_lookup"`); it works with any, but its decisions are tuned to that one.
         feature_names (`list[str]`):
             The scalar features, in order (`DRAFT_FEATURES`); recorded so that a saved adapter documents its inputs.
     """
@@ -84,6 +90,7 @@ class DraftAdapterConfig(PreTrainedConfig):
     hidden_state_size: int = 32
     hidden_act: str = "silu"
     initializer_range: float = 0.02
+    candidate_source: str | None = None
     feature_names: list | None = None
 
     def __post_init__(self, **kwargs):
@@ -104,6 +111,11 @@ class DraftAdapterConfig(PreTrainedConfig):
         if not 0.0 < self.initial_stop_probability < 1.0:
             raise ValueError(
                 f"DraftAdapterConfig.initial_stop_probability must be in (0, 1), got {self.initial_stop_probability}."
+            )
+        if self.candidate_source not in (None, *CANDIDATE_SOURCES):
+            raise ValueError(
+                f"DraftAdapterConfig.candidate_source must be one of {CANDIDATE_SOURCES} or None, got "
+                f"{self.candidate_source!r}."
             )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"DraftAdapterConfig.hidden_act {self.hidden_act!r} is not one of {sorted(ACT2FN)}.")

@@ -20,12 +20,12 @@ from transformers import PreTrainedModel
 
 from . import checkpointing
 from .draft_calibration import calibrate_cost_model
+from .draft_modeling import CANDIDATE_SOURCES as SOURCES
 from .draft_modeling import DraftAdapterModel
 from .draft_simulation import CycleCostModel, DraftTrace, collect_trace, episode_log_probs, simulate_drafting
 from .trainer_config import REPORT_TO
 
 logger = logging.getLogger(__name__)
-SOURCES = ("assistant_model", "early_exit", "prompt_lookup")
 
 
 @dataclass
@@ -143,7 +143,10 @@ class DraftTrainer:
         self.accelerator = Accelerator(log_with=args.trackers or None, project_dir=str(self.output_dir))
         set_seed(args.seed)
         adapter = adapter or DraftAdapterModel.for_model(
-            model, max_draft_tokens=args.max_draft_tokens, use_hidden_state=args.use_hidden_state
+            model,
+            max_draft_tokens=args.max_draft_tokens,
+            use_hidden_state=args.use_hidden_state,
+            candidate_source=args.source,
         )
         adapter.check_compatible(model)
         optimizer = torch.optim.Adam(adapter.parameters(), lr=args.learning_rate)

@@ -46,6 +46,15 @@ def test_shipped_adapters_are_listed_and_loaded_by_short_name(default_model, tmp
     assert "actions used:" in capsys.readouterr().out
 
 
+def test_draft_adapters_are_listed_with_their_source(llama, tmp_path, monkeypatch, capsys):
+    from hf_adaptive_decoding import DraftAdapterModel, shipped
+
+    DraftAdapterModel.for_model(llama, candidate_source="prompt_lookup").save_pretrained(tmp_path / "my-draft")
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path)
+    assert main(["adapters"]) == 0
+    assert "my-draft  draft adapter for prompt_lookup, up to 8 tokens" in capsys.readouterr().out
+
+
 def test_adapters_command_without_shipped_adapters(tmp_path, monkeypatch, capsys):
     from hf_adaptive_decoding import shipped
 

@@ -77,6 +77,7 @@ def test_gradients_reach_every_parameter(llama):
         ({"adapter_hidden_size": 0}, "adapter_hidden_size must be >= 1, got 0"),
         ({"hidden_act": "nope"}, "hidden_act 'nope' is not one of"),
         ({"feature_names": ["draft_prob"]}, "saved by another version"),
+        ({"candidate_source": "beam"}, "candidate_source must be one of .* or None, got 'beam'"),
     ],
 )
 def test_invalid_configs_name_the_field(kwargs, message):
