@@ -62,6 +62,20 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     return final
 
 
+def save_and_rotate(
+    accelerator: Accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    trainer_state: dict,
+    save_total_limit: int | None,
+) -> Path:
+    """[`save_checkpoint`], then (main process) [`rotate_checkpoints`]."""
+    saved = save_checkpoint(accelerator, output_dir, step, trainer_state)
+    if accelerator.is_main_process:
+        rotate_checkpoints(output_dir, save_total_limit)
+    return saved
+
+
 def is_complete(folder: str | os.PathLike) -> bool:
     return (Path(folder) / COMPLETE_MARKER).is_file()
 

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .modeling import AutoDecodingAdapter, check_base_model
+from .modeling import AutoDecodingAdapter, check_base_model, init_adapter_weights
 
 # What the controller sees after each drafted token, besides the target's last hidden state. Order matters: it is
 # the column order of `features`, and it is saved in every config so that a saved adapter documents its inputs.
@@ -140,15 +140,9 @@ class DraftAdapterPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(mean=0.0, std=self.config.initializer_range)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        if module is getattr(self, "output_layer", None):
-            module.weight.zero_()
+        output_layer = getattr(self, "output_layer", None)
+        init_adapter_weights(module, self.config.initializer_range, output_layer)
+        if module is output_layer:
             p = self.config.initial_stop_probability
             module.bias.fill_(math.log(p / (1 - p)))
 

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .reporting import pyplot
 
 
 def plot_draft_training(log_history: list[dict[str, Any]], folder: Path) -> None:
     """`speedup.png`: replayed speed-up over plain decoding during training and on validation, next to the best fixed
     draft length; `draft_length.png`: the mean draft length and acceptance rate. Skipped without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plots (pip install 'hf_adaptive_decoding[train]').")
+    plt = pyplot()
+    if plt is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     train = [entry for entry in log_history if "speedup" in entry]

@@ -108,6 +108,20 @@ class DecodingAdapterOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
 
 
+@torch.no_grad()
+def init_adapter_weights(module: nn.Module, initializer_range: float, output_layer: nn.Module | None) -> None:
+    """Normal linear weights, zero biases, unit LayerNorms, zero output layer: a fresh policy ignores its input."""
+    if isinstance(module, nn.Linear):
+        module.weight.normal_(mean=0.0, std=initializer_range)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()
+    if module is output_layer:
+        module.weight.zero_()
+
+
 class DecodingAdapterPreTrainedModel(PreTrainedModel):
     config_class = DecodingAdapterConfig
     base_model_prefix = "adapter"
@@ -115,15 +129,7 @@ class DecodingAdapterPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(mean=0.0, std=self.config.initializer_range)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        if module is getattr(self, "output_layer", None):
-            module.weight.zero_()
+        init_adapter_weights(module, self.config.initializer_range, getattr(self, "output_layer", None))
 
 
 class DecodingAdapterModel(DecodingAdapterPreTrainedModel):

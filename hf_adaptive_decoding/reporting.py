@@ -112,9 +112,8 @@ def step_metrics(
     return metrics
 
 
-def plot_training(log_history: list[dict[str, Any]], folder: Path) -> None:
-    """PNG plots of the policy's mean action probabilities and of the validation reward over training (the paper's
-    Figures 2 and 8). Needs matplotlib (`pip install hf_adaptive_decoding[train]`); skipped with a warning without."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or `None` (with a warning) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -122,6 +121,15 @@ def plot_training(log_history: list[dict[str, Any]], folder: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         logger.warning("matplotlib is not installed: no plots (pip install 'hf_adaptive_decoding[train]').")
+        return None
+    return plt
+
+
+def plot_training(log_history: list[dict[str, Any]], folder: Path) -> None:
+    """PNG plots of the policy's mean action probabilities and of the validation reward over training (the paper's
+    Figures 2 and 8). Needs matplotlib (`pip install hf_adaptive_decoding[train]`); skipped with a warning without."""
+    plt = pyplot()
+    if plt is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     train = [entry for entry in log_history if "reward" in entry]

@@ -338,9 +338,7 @@ class AdapterTrainer:
                 self._last_eval = {"step": step, **self.evaluate()}
                 self._log(writer, self._last_eval)
             if step % args.save_steps == 0 or step == args.max_steps:
-                checkpointing.save_checkpoint(accelerator, self.output_dir, step, self.state)
-                if accelerator.is_main_process:
-                    checkpointing.rotate_checkpoints(self.output_dir, args.save_total_limit)
+                checkpointing.save_and_rotate(accelerator, self.output_dir, step, self.state, args.save_total_limit)
         progress.close()
         self._finish()
         accelerator.end_training()
