@@ -250,12 +250,13 @@ def simulate_drafting(
         if not active.any():
             break
         # What this cycle may draft: a draft model, up to the cap and what max_length leaves (as transformers
-        # sizes it); prompt lookup, what the lookup found (already within the cap and max_length).
+        # sizes it); prompt lookup, what the lookup found (within max_length), up to the cap. A lookup capped at
+        # k proposes the first k tokens of the same match, so traces taken with a larger cap serve any smaller one.
         start = position.clamp(max=lengths - 1)
         if has_draft_probs:
             cap = torch.minimum(torch.full_like(position, max_draft), budget - position - 1).clamp(min=0)
         else:
-            cap = proposals[rows, start]
+            cap = proposals[rows, start].clamp(max=max_draft)
         plain = active & (cap == 0) & (drafted == 0)
         drafting = active & ~plain
         drafted = torch.where(drafting, drafted + 1, drafted)

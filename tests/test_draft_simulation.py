@@ -90,6 +90,29 @@ def test_the_replay_matches_live_generation(target, draft_model, source, generat
     assert float(replay.speedup[0]) == pytest.approx(NEW_TOKENS * COST["plain_step"] / float(expected_seconds))
 
 
+@pytest.mark.parametrize("source", ["prompt_lookup", "early_exit"])
+@pytest.mark.parametrize("cap", [1, 3])
+def test_a_trace_taken_with_a_larger_cap_replays_a_smaller_one(target, source, cap):
+    """Training validates fixed draft lengths 1..max on traces taken once with the largest."""
+    fixed = DraftAdapterModel.for_model(target, max_draft_tokens=cap, initial_stop_probability=1e-4)
+    input_ids = _prompt(0)
+    extra = {"prompt_lookup_num_tokens": cap} if source == "prompt_lookup" else {"assistant_early_exit": 1}
+    live = target.generate(
+        input_ids=input_ids,
+        do_sample=False,
+        max_new_tokens=NEW_TOKENS,
+        decoding_adapter=fixed,
+        deterministic=True,
+        return_dict_in_generate=True,
+        **extra,
+    )
+    trace = collect_trace(target, input_ids, source, NEW_TOKENS, 8, early_exit_layer=1)
+    replay = simulate_drafting(fixed, [trace], CycleCostModel(source, **COST), deterministic=True)
+    assert int(replay.cycles[0]) == len(live.draft_lengths)
+    assert int(replay.drafted[0]) == int(live.draft_lengths.sum())
+    assert int(replay.accepted[0]) == int(live.accepted_lengths.sum())
+
+
 def test_rollouts_sample_decisions_and_log_probs_have_gradients(target, draft_model):
     adapter = DraftAdapterModel.for_model(target, max_draft_tokens=4, initial_stop_probability=0.3)
     traces = [
