@@ -23,6 +23,7 @@ from .draft_calibration import calibrate_cost_model
 from .draft_modeling import CANDIDATE_SOURCES as SOURCES
 from .draft_modeling import DraftAdapterModel
 from .draft_simulation import CycleCostModel, DraftTrace, collect_trace, episode_log_probs, simulate_drafting
+from .reporting import MetricsWriter
 from .trainer_config import REPORT_TO
 
 logger = logging.getLogger(__name__)
@@ -316,23 +317,23 @@ class DraftTrainer:
             self.state.update({key: saved[key] for key in ("global_step", "log_history")})
             if accelerator.is_main_process:
                 checkpointing.discard_checkpoints_after(self.output_dir, self.state["global_step"])
+                MetricsWriter(self.output_dir).truncate(self.state["global_step"])
             logger.info("Resumed from %s at step %d.", checkpoint, self.state["global_step"])
-        elif checkpointing.complete_checkpoints(self.output_dir):
+        elif checkpointing.complete_checkpoints(self.output_dir) or (self.output_dir / "metrics.jsonl").exists():
             if not args.overwrite_output_dir:
                 raise ValueError(
                     f"output_dir {str(self.output_dir)!r} already holds a training run. Pass "
                     "resume_from_checkpoint=True to continue it, overwrite_output_dir=True to start over there, or "
                     "another output_dir."
                 )
-            if accelerator.is_main_process:
+            if accelerator.is_main_process:  # traces and the cost model stay: they do not depend on the policy
                 checkpointing.discard_checkpoints_after(self.output_dir, -1)
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         accelerator.wait_for_everyone()
 
     def _log(self, entry: dict[str, Any]) -> None:
         self.state["log_history"].append(entry)
-        if self.accelerator.is_main_process:
-            with open(self.output_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+        MetricsWriter(self.output_dir, enabled=self.accelerator.is_main_process).write(entry)
         if self.args.trackers:
             self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 

@@ -81,6 +81,10 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(target, tmp_path):
     first.train()
     second = DraftTrainer(target, _config(tmp_path / "b"), _prompts(6), _prompts(2, seed=1))
     second.train(resume_from_checkpoint=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [
+        json.loads(line)["step"] for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     a = AutoDecodingAdapter.from_pretrained(tmp_path / "a" / "run")
     b = AutoDecodingAdapter.from_pretrained(tmp_path / "b" / "run")
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
@@ -109,5 +113,11 @@ def test_a_run_folder_is_not_overwritten_by_accident(target, tmp_path):
     DraftTrainer(target, _config(tmp_path, max_steps=3), _prompts(4), _prompts(1, seed=1)).train()
     with pytest.raises(ValueError, match="already holds a training run"):
         DraftTrainer(target, _config(tmp_path, max_steps=3), _prompts(4), _prompts(1, seed=1)).train()
+    again = DraftTrainer(
+        target, _config(tmp_path, max_steps=3, overwrite_output_dir=True), _prompts(4), _prompts(1, 1)
+    )
+    again.train()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 3]  # one run's worth: the first run's lines are gone
     with pytest.raises(ValueError, match="at least one training and one validation prompt"):
         DraftTrainer(target, _config(tmp_path), [], _prompts(1))
