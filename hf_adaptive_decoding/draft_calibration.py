@@ -12,6 +12,8 @@ from transformers import PreTrainedModel
 from .draft_modeling import DraftAdapterModel
 from .draft_simulation import CycleCostModel, Source
 
+MIN_CYCLES_PER_LENGTH = 3
+
 
 def source_kwargs(
     source: Source,
@@ -58,9 +60,12 @@ def calibrate_cost_model(
 ) -> CycleCostModel:
     """
     Time greedy speculative generation with every fixed draft length `k` in `1..max_draft_tokens` (for prompt
-    lookup, whatever the lookup finds, up to the cap), interleaved with plain generation on the same prompts, and fit
-    `seconds = intercept + per_token * k` to the cycles by least squares. The first cycle of each call (it carries the
-    prompt's prefill) is left out, and so is the prefill of plain generation.
+    lookup, every cap `k`: the lookup proposes what it finds, up to the cap), interleaved with plain generation on the
+    same prompts. Each cycle is filed under the number of tokens it drafted: the median of each length seen at least
+    `MIN_CYCLES_PER_LENGTH` times is its cost, and `seconds = intercept + per_token * k`, fitted by least squares to
+    the cycles that drafted, prices the others. Costs are made non-decreasing in `k`, which removes timing noise
+    without bending a real cost. The first cycle of each call (it carries the prompt's prefill) is left out, and so
+    is the prefill of plain generation.
 
     Args:
         model ([`~transformers.PreTrainedModel`]): the target.
@@ -73,7 +78,7 @@ def calibrate_cost_model(
     if not prompts:
         raise ValueError("calibrate_cost_model needs at least one prompt.")
     kwargs = source_kwargs(source, max_draft_tokens, draft_model, early_exit_layer)
-    lengths = list(range(1, max_draft_tokens + 1)) if source != "prompt_lookup" else [max_draft_tokens]
+    lengths = list(range(1, max_draft_tokens + 1))
     points: list[tuple[int, float]] = []
     plain: list[float] = []
     progress = tqdm(total=len(prompts) * (len(lengths) + 1), desc=f"Calibrating {source}", disable=disable_tqdm)
@@ -96,22 +101,30 @@ def calibrate_cost_model(
             points += list(zip(out.draft_lengths[1:].tolist(), out.cycle_seconds[1:].tolist(), strict=True))
             progress.update(1)
     progress.close()
-    if len({k for k, _ in points}) < 2:
+    drafting = [(k, s) for k, s in points if k > 0]
+    if len({k for k, _ in drafting}) < 2:
         raise ValueError(
-            f"Calibration saw draft lengths {sorted({k for k, _ in points})} only: a line needs two. Use prompts "
-            "whose continuation the source can draft (for prompt lookup, prompts that repeat themselves)."
+            f"Calibration saw cycles that drafted {sorted({k for k, _ in drafting})} tokens only: a line needs two "
+            "lengths. Use prompts whose continuation the source can draft (for prompt lookup, prompts that repeat "
+            "themselves)."
         )
-    drafted = torch.tensor([float(k) for k, _ in points], dtype=torch.float64)
-    seconds = torch.tensor([s for _, s in points], dtype=torch.float64)
+    drafted = torch.tensor([float(k) for k, _ in drafting], dtype=torch.float64)
+    seconds = torch.tensor([s for _, s in drafting], dtype=torch.float64)
     design = torch.stack([torch.ones_like(drafted), drafted], dim=1)
     intercept, per_token = torch.linalg.lstsq(design, seconds[:, None]).solution[:, 0].tolist()
     by_length: dict[int, list[float]] = {}
     for k, s in points:
         by_length.setdefault(k, []).append(s)
+    table = []
+    for k in range(max_draft_tokens + 1):
+        measured = by_length.get(k, [])
+        cost = statistics.median(measured) if len(measured) >= MIN_CYCLES_PER_LENGTH else intercept + per_token * k
+        table.append(max([cost, *table[1:]]) if k > 0 else cost)  # a zero-draft cycle may be cheaper than the line
     return CycleCostModel(
         source=source,
         intercept=intercept,
         per_token=per_token,
         plain_step=statistics.median(plain),
         measurements=[[k, statistics.median(v), len(v)] for k, v in sorted(by_length.items())],
+        seconds_by_length=table,
     )

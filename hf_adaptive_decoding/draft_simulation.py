@@ -148,8 +148,13 @@ def _eos_ids(model: PreTrainedModel) -> list[int]:
 @dataclass
 class CycleCostModel:
     """
-    Seconds per draft-and-verify cycle as `intercept + per_token * k` for `k` drafted tokens, and per plain decoding
-    step; fitted on this machine by `draft_calibration.calibrate_cost_model`.
+    Seconds per draft-and-verify cycle that drafted `k` tokens, and per plain decoding step; fitted on this machine by
+    `draft_calibration.calibrate_cost_model`.
+
+    A cycle's cost is not a line in `k` on a CPU: a cycle that drafts nothing (prompt lookup found no match) costs
+    about a plain step, while one that drafts even a single token pays the candidate source and a wider verify forward.
+    So `seconds_by_length[k]` holds the measured cost for each `k` up to the calibrated cap, and the line
+    `intercept + per_token * k`, fitted on the cycles that drafted, prices anything longer.
     """
 
     source: str
@@ -157,9 +162,14 @@ class CycleCostModel:
     per_token: float
     plain_step: float
     measurements: list = field(default_factory=list)
+    seconds_by_length: list[float] = field(default_factory=list)
 
     def cycle_seconds(self, drafted: torch.Tensor) -> torch.Tensor:
-        return self.intercept + self.per_token * drafted.float()
+        line = self.intercept + self.per_token * drafted.float()
+        if not self.seconds_by_length:
+            return line
+        table = torch.tensor(self.seconds_by_length, dtype=line.dtype, device=drafted.device)
+        return torch.where(drafted < len(table), table[drafted.clamp(max=len(table) - 1)], line)
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         with open(path, "w") as handle:

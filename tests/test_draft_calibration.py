@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hf_adaptive_decoding.draft_calibration import calibrate_cost_model, source_kwargs
+from hf_adaptive_decoding.draft_calibration import MIN_CYCLES_PER_LENGTH, calibrate_cost_model, source_kwargs
 
 from .conftest import make_tiny_model
 
@@ -21,21 +21,27 @@ def _prompts(count: int = 2):
     return [torch.randint(3, 128, (1, 6), generator=generator).repeat(1, 2) for _ in range(count)]
 
 
-@pytest.mark.parametrize("source", ["early_exit", "assistant_model"])
-def test_calibration_times_every_draft_length_and_fits_a_line(target, source):
+@pytest.mark.parametrize("source", ["early_exit", "assistant_model", "prompt_lookup"])
+def test_calibration_times_every_draft_length_and_tabulates_their_costs(target, source):
     draft = make_tiny_model("llama", seed=1)
     draft.generation_config.eos_token_id = None
     cost = calibrate_cost_model(
         target, _prompts(), source, 3, draft_model=draft, early_exit_layer=1, max_new_tokens=12, disable_tqdm=True
     )
     assert cost.source == source
-    assert {k for k, _, _ in cost.measurements} >= {1, 2, 3}
+    assert {k for k, _, _ in cost.measurements} >= ({1, 2, 3} if source != "prompt_lookup" else {1, 3})
     assert all(seconds > 0 and count > 0 for _, seconds, count in cost.measurements)
     assert math.isfinite(cost.intercept) and math.isfinite(cost.per_token) and cost.plain_step > 0
-    # The fitted line is the least-squares line through the measured cycles: it passes between them.
-    medians = torch.tensor([seconds for _, seconds, _ in cost.measurements])
-    fitted = cost.cycle_seconds(torch.tensor([k for k, _, _ in cost.measurements]))
-    assert fitted.min() <= medians.max() and fitted.max() >= medians.min()
+    # One cost per length 0..cap, non-decreasing over the lengths that draft, each a well-measured length's median
+    # or at least it (the running maximum), else the line.
+    table = cost.seconds_by_length
+    assert len(table) == 4 and all(a <= b for a, b in zip(table[1:], table[2:], strict=False))
+    for k, median, count in cost.measurements:
+        if count >= MIN_CYCLES_PER_LENGTH:
+            assert table[k] == median if k == 0 else table[k] >= median
+    assert cost.cycle_seconds(torch.tensor([0, 1, 3])).tolist() == pytest.approx([table[0], table[1], table[3]])
+    # Beyond the calibrated cap, the line fitted to the cycles that drafted.
+    assert cost.cycle_seconds(torch.tensor([5])).item() == pytest.approx(cost.intercept + 5 * cost.per_token)
 
 
 def test_calibration_errors(target):

@@ -162,3 +162,9 @@ def test_cost_model_round_trips_through_json(tmp_path):
     cost.to_json_file(tmp_path / "cost.json")
     assert CycleCostModel.from_json_file(tmp_path / "cost.json") == cost
     torch.testing.assert_close(cost.cycle_seconds(torch.tensor([0, 5])), torch.tensor([0.02, 0.04]))
+    tabulated = CycleCostModel("early_exit", 0.02, 0.004, 0.015, seconds_by_length=[0.015, 0.03, 0.031])
+    tabulated.to_json_file(tmp_path / "tabulated.json")
+    assert CycleCostModel.from_json_file(tmp_path / "tabulated.json") == tabulated
+    torch.testing.assert_close(
+        tabulated.cycle_seconds(torch.tensor([0, 1, 2, 5])), torch.tensor([0.015, 0.03, 0.031, 0.04])
+    )
