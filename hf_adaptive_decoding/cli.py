@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,9 @@ from transformers import TextStreamer, set_seed
 from . import shipped
 from .configuration import ACTION_PRESETS, DecodingAction
 from .default_model import default_model_revision, load_default_model
+from .draft_calibration import source_kwargs
+from .draft_modeling import CANDIDATE_SOURCES, DraftAdapterModel
+from .draft_sources import layer_dropped_draft
 from .modeling import AutoDecodingAdapter, DecodingAdapterModel
 from .prompting import encode_chat
 from .shipped import resolve_adapter
@@ -53,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", help="Optional system message.")
     gen.add_argument("--no-actions", action="store_true", help="Stream plain text instead of coloured actions.")
     gen.add_argument("--device", default=None)
+    draft = gen.add_argument_group("draft adapters (speculative decoding, greedy, one prompt at a time)")
+    draft.add_argument(
+        "--source",
+        choices=CANDIDATE_SOURCES,
+        help="Candidate source. Default: the one the adapter was trained for (else prompt_lookup).",
+    )
+    draft.add_argument("--early-exit-layer", type=int, help="source=early_exit: the layer the draft exits at.")
+    draft.add_argument(
+        "--draft-model", help="source=assistant_model: Hub id or folder of the draft (default: --draft-layers)."
+    )
+    draft.add_argument(
+        "--draft-layers", type=int, help="source=assistant_model: draft with the target's first N layers."
+    )
     commands.add_parser("adapters", help="List the shipped adapters (short names for --adapter).")
     return parser
 
@@ -108,6 +125,8 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         revision = default_model_revision() if args.model is None else None
         adapter = AutoDecodingAdapter.for_model(model, args.preset, base_model_revision=revision)
         console.print(f"[bold]No --adapter given: using a fresh, untrained {args.preset!r} adapter (uniform policy).")
+    if isinstance(adapter, DraftAdapterModel):
+        return draft_generate_command(args, model, tokenizer, adapter.eval(), console)
     if not isinstance(adapter, DecodingAdapterModel):
         raise ValueError(f"{args.adapter!r} is a {type(adapter).__name__}, not a sampling decoding adapter.")
     adapter.eval()
@@ -146,6 +165,57 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         used = [a for a in chosen if a >= 0]
         counts = ", ".join(f"[{i}] {used.count(i)}" for i in range(len(action_names)) if used.count(i))
         console.print(Text(f"{len(used)} tokens; actions used: {counts}", style="italic"))
+    return 0
+
+
+def draft_generate_command(args: argparse.Namespace, model, tokenizer, adapter: DraftAdapterModel, console) -> int:
+    """Greedy speculative decoding under a draft adapter; drafted tokens the target accepted are shown in colour."""
+    source = args.source or adapter.config.candidate_source or "prompt_lookup"
+    draft_model = None
+    if source == "assistant_model":
+        if args.draft_model:
+            draft_model, _ = load_default_model(args.draft_model, device=args.device)
+        elif args.draft_layers:
+            draft_model = layer_dropped_draft(model, args.draft_layers)
+        else:
+            raise ValueError("--source assistant_model needs --draft-model or --draft-layers.")
+    kwargs = source_kwargs(source, adapter.max_draft_tokens, draft_model, args.early_exit_layer)
+    console.print(
+        Text(f"{source}, up to {adapter.max_draft_tokens} drafted tokens per cycle; ", style="italic")
+        + Text("drafted and accepted", style="green")
+        + Text(" / the target's own token", style="italic")
+    )
+    for index, prompt in enumerate(args.prompt):  # transformers drafts for one sequence at a time
+        inputs = encode_chat(tokenizer, [prompt], args.system, device=model.device)
+        start = time.perf_counter()
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=args.max_new_tokens,
+            decoding_adapter=adapter,
+            deterministic=args.deterministic,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
+        seconds = time.perf_counter() - start
+        new_tokens = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+        from_draft = []
+        for accepted in out.accepted_lengths.tolist():
+            from_draft += [True] * accepted + [False]
+        console.rule(f"prompt {index}: {prompt[:60]}")
+        text = Text()
+        for token_id, drafted in zip(new_tokens, from_draft, strict=False):
+            text.append(tokenizer.decode([token_id], skip_special_tokens=True), style="green" if drafted else "")
+        console.print(text)
+        drafted, accepted = int(out.draft_lengths.sum()), int(out.accepted_lengths.sum())
+        console.print(
+            Text(
+                f"{len(new_tokens)} tokens in {len(out.draft_lengths)} cycles, {seconds:.2f} s "
+                f"({len(new_tokens) / seconds:.1f} tok/s); drafted {drafted}, accepted {accepted}"
+                + (f" ({accepted / drafted:.0%})" if drafted else ""),
+                style="italic",
+            )
+        )
     return 0
 
 

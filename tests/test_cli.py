@@ -61,3 +61,23 @@ def test_adapters_command_without_shipped_adapters(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path / "none")
     assert main(["adapters"]) == 0
     assert "No shipped adapters" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_generate_with_a_draft_adapter_shows_accepted_drafts(default_model, tmp_path, capsys):
+    from hf_adaptive_decoding import DraftAdapterModel
+
+    model, _ = default_model
+    DraftAdapterModel.for_model(model, candidate_source="prompt_lookup").save_pretrained(tmp_path / "draft")
+    prompt = "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
+    argv = ["generate", "--adapter", str(tmp_path / "draft"), "--prompt", prompt, "--max-new-tokens", "24"]
+    assert main(argv + ["--deterministic"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt_lookup, up to 8 drafted tokens per cycle" in out
+    assert "24 tokens in" in out and "cycles" in out and "accepted" in out
+    assert main(argv + ["--source", "early_exit"]) == 2
+    assert "source='early_exit' needs early_exit_layer" in capsys.readouterr().out
+    assert main(argv + ["--source", "assistant_model"]) == 2
+    assert "needs --draft-model or --draft-layers" in capsys.readouterr().out
+    assert main(argv + ["--source", "early_exit", "--early-exit-layer", "8", "--max-new-tokens", "8"]) == 0
+    assert "early_exit, up to 8" in capsys.readouterr().out

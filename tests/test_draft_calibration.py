@@ -3,12 +3,7 @@ import math
 import pytest
 import torch
 
-from hf_adaptive_decoding.draft_calibration import (
-    MIN_CYCLES_PER_LENGTH,
-    _isotonic,
-    calibrate_cost_model,
-    source_kwargs,
-)
+from hf_adaptive_decoding.draft_calibration import MIN_CYCLES_PER_LENGTH, calibrate_cost_model, source_kwargs
 
 from .conftest import make_tiny_model
 
@@ -37,26 +32,19 @@ def test_calibration_times_every_draft_length_and_tabulates_their_costs(target, 
     assert {k for k, _, _ in cost.measurements} >= ({1, 2, 3} if source != "prompt_lookup" else {1, 3})
     assert all(seconds > 0 and count > 0 for _, seconds, count in cost.measurements)
     assert math.isfinite(cost.intercept) and math.isfinite(cost.per_token) and cost.plain_step > 0
-    # One cost per length 0..cap: a zero-draft cycle's median, then a non-decreasing fit that keeps the cycle-weighted
-    # total of the well-measured lengths' medians (isotonic regression pools, it does not shift).
+    # One cost per length 0..cap: each well-measured length's median as measured, else the line.
     table = cost.seconds_by_length
-    assert len(table) == 4 and all(a <= b for a, b in zip(table[1:], table[2:], strict=False))
-    measured = [(k, median, count) for k, median, count in cost.measurements if count >= MIN_CYCLES_PER_LENGTH]
-    if measured and measured[0][0] == 0:
-        assert table[0] == measured[0][1]
-    drafting = [(k, median, count) for k, median, count in measured if k > 0]
-    assert sum(count * table[k] for k, _, count in drafting) == pytest.approx(
-        sum(count * median for _, median, count in drafting)
-    )
+    assert len(table) == 4
+    counts = {k: count for k, _, count in cost.measurements}
+    for k, median, count in cost.measurements:
+        assert table[k] == (
+            median if count >= MIN_CYCLES_PER_LENGTH else pytest.approx(cost.intercept + k * cost.per_token)
+        )
+    for k in set(range(4)) - set(counts):
+        assert table[k] == pytest.approx(cost.intercept + k * cost.per_token)
     assert cost.cycle_seconds(torch.tensor([0, 1, 3])).tolist() == pytest.approx([table[0], table[1], table[3]])
     # Beyond the calibrated cap, the line fitted to the cycles that drafted.
     assert cost.cycle_seconds(torch.tensor([5])).item() == pytest.approx(cost.intercept + 5 * cost.per_token)
-
-
-def test_isotonic_pools_adjacent_violators_by_weight():
-    assert _isotonic([1.0, 3.0, 2.0, 4.0], [1, 1, 1, 1]) == pytest.approx([1.0, 2.5, 2.5, 4.0])
-    assert _isotonic([5.0, 1.0, 1.0], [2, 1, 1]) == pytest.approx([3.0, 3.0, 3.0])
-    assert _isotonic([1.0, 2.0], [1, 9]) == [1.0, 2.0]
 
 
 def test_calibration_errors(target):
