@@ -14,13 +14,14 @@ from transformers.utils import ModelOutput
 
 from .modeling import AutoDecodingAdapter, check_base_model, init_adapter_weights
 
-# What the controller sees after each drafted token, besides the target's last hidden state. Order matters: it is
+# What the controller sees before a cycle's first token and after each drafted one, besides the target's last hidden
+# state. Order matters: it is
 # the column order of `features`, and it is saved in every config so that a saved adapter documents its inputs.
 DRAFT_FEATURES = (
-    "draft_prob",  # the draft's probability of the token it just drafted (0 when the source has none)
+    "draft_prob",  # the draft's probability of the token it just drafted (0 before the first, or without probs)
     "draft_entropy",  # entropy of the draft's distribution at that token, over log(vocabulary size)
     "draft_margin",  # top-1 minus top-2 probability of that distribution
-    "has_draft_probs",  # 1 when the candidate source gives probabilities (draft model, early exit), 0 (prompt lookup)
+    "has_draft_probs",  # 1 after a token from a source with probabilities (draft model, early exit), else 0
     "cumulative_draft_prob",  # product of draft_prob over the tokens drafted so far in this cycle
     "position",  # how many tokens this cycle has drafted, over max_draft_tokens
     "acceptance_ema",  # moving average of the accepted share of drafted tokens over past cycles (0.5 at first)
@@ -40,8 +41,8 @@ class IncompatibleDraftSourceError(ValueError):
 @strict
 class DraftAdapterConfig(PreTrainedConfig):
     r"""
-    Configuration of a [`DraftAdapterModel`]: a policy that, after each token the draft proposes during speculative
-    decoding, decides whether to stop drafting and let the target verify.
+    Configuration of a [`DraftAdapterModel`]: a policy that, before each draft-and-verify cycle of speculative decoding
+    and after each token the draft proposes, decides whether to stop drafting and let the target verify.
 
     Args:
         base_model_name_or_path (`str`, *optional*):
@@ -58,7 +59,7 @@ class DraftAdapterConfig(PreTrainedConfig):
             Feed the target's last hidden state to the policy; without it the policy sees only `DRAFT_FEATURES`.
         initial_stop_probability (`float`, defaults to 0.25):
             The stop probability of a fresh adapter at every token (its output layer starts at zero), so that a fresh
-            adapter drafts `1 / p` tokens on average.
+            adapter drafts `(1 - p) / p` tokens per cycle on average.
         adapter_hidden_size (`int`, defaults to 64):
             Width of the policy MLP.
         num_hidden_layers (`int`, defaults to 2):
@@ -150,10 +151,11 @@ class DraftAdapterPreTrainedModel(PreTrainedModel):
 class DraftAdapterModel(DraftAdapterPreTrainedModel):
     """
     A draft-length controller for speculative decoding (the Learning-to-Draft idea, in transformers' assisted
-    generation): after each drafted token, `pi(stop | h, features)` from the target's last hidden state `h` and the
-    scalar `DRAFT_FEATURES`. Use it through `model.generate(..., assistant_model=... | prompt_lookup_num_tokens=... |
-    assistant_early_exit=..., decoding_adapter=draft_adapter)`; the target's acceptance rule is unchanged, so the
-    output is the target's.
+    generation): before a cycle's first token and after each drafted one, `pi(stop | h, features)` from the target's
+    last hidden state `h` and the scalar `DRAFT_FEATURES`. Stopping before the first token skips drafting for that
+    cycle (it then costs a plain decoding step). Use it through `model.generate(..., assistant_model=... |
+    prompt_lookup_num_tokens=... | assistant_early_exit=..., decoding_adapter=draft_adapter)`; the target's
+    acceptance rule is unchanged, so the output is the target's.
     """
 
     level = "draft"

@@ -267,12 +267,11 @@ def simulate_drafting(
             cap = torch.minimum(torch.full_like(position, max_draft), budget - position - 1).clamp(min=0)
         else:
             cap = proposals[rows, start].clamp(max=max_draft)
-        plain = active & (cap == 0) & (drafted == 0)
-        drafting = active & ~plain
-        drafted = torch.where(drafting, drafted + 1, drafted)
-        at = (position + drafted - 1).clamp(max=stats.shape[1] - 1)
-        token_stats = stats[rows, at] if has_draft_probs else torch.zeros(episodes, 3)
-        cumulative = cumulative * token_stats[:, 0]
+        # The policy decides before the first token (draft at all?) and after each drafted one (draft another?),
+        # seeing the statistics of the token just drafted; none before the first.
+        at = (position + drafted - 1).clamp(min=0, max=stats.shape[1] - 1)
+        seen = (drafted > 0)[:, None].float()
+        token_stats = stats[rows, at] * seen if has_draft_probs else torch.zeros(episodes, 3)
         hidden = torch.where(
             (position > 0)[:, None], hidden_all[rows, (position - 1).clamp(min=0)], torch.zeros_like(hidden_all[:, 0])
         )
@@ -280,8 +279,8 @@ def simulate_drafting(
             "draft_prob": token_stats[:, 0],
             "draft_entropy": token_stats[:, 1],
             "draft_margin": token_stats[:, 2],
-            "has_draft_probs": torch.full((episodes,), has_draft_probs),
-            "cumulative_draft_prob": cumulative,
+            "has_draft_probs": seen[:, 0] * has_draft_probs,
+            "cumulative_draft_prob": cumulative * token_stats[:, 0],
             "position": drafted.float() / max_draft,
             "acceptance_ema": acceptance_ema,
             "last_accepted": last_accepted,
@@ -290,14 +289,17 @@ def simulate_drafting(
             "has_hidden_state": (position > 0).float(),
         }
         features = torch.stack([columns[name] for name in DRAFT_FEATURES], dim=-1)
-        decides = drafting & (drafted < cap)
+        full = drafted >= cap
+        decides = active & ~full & ((drafted > 0) | (position > 0))  # the first cycle always drafts (see live)
         stop, _ = adapter.decide_stop(features, hidden if adapter.config.use_hidden_state else None, deterministic)
         stop = stop.cpu()
         if decides.any():
             for key, value in (("features", features), ("hidden", hidden), ("stopped", stop), ("episode", rows)):
                 record[key].append(value[decides])
-        ends = plain | (drafting & (stop | (drafted >= cap)))
-        # Close the cycles that end here.
+        cumulative = cumulative * torch.where(seen[:, 0] > 0, token_stats[:, 0], torch.ones_like(cumulative))
+        ends = active & (full | (decides & stop))
+        # Draft one more token where the cycle goes on; close the cycles that end here.
+        drafted = torch.where(active & ~ends, drafted + 1, drafted)
         k = torch.where(ends, drafted, torch.zeros_like(drafted))
         accepted = torch.minimum(k, runs[rows, start])
         accepted = torch.minimum(accepted, (lengths - position - 1).clamp(min=0))  # the call ends at its last token

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from . import checkpointing
 from .draft_calibration import calibrate_cost_model
 from .draft_modeling import CANDIDATE_SOURCES as SOURCES
-from .draft_modeling import DraftAdapterModel
+from .draft_modeling import DRAFT_FEATURES, DraftAdapterModel
 from .draft_simulation import CycleCostModel, DraftTrace, collect_trace, episode_log_probs, simulate_drafting
 from .reporting import MetricsWriter
 from .trainer_config import REPORT_TO
@@ -48,6 +48,10 @@ class DraftTrainerConfig:
         traces_per_step (`int`): traced prompts replayed per process and step.
         rollouts (`int`): replays per trace and step; each is scored against the mean of the others.
         entropy_coef (`float`): bonus on the entropy of the stop decisions, against early collapse.
+        warm_start_steps (`int`): before RL, this many steps of imitating the best fixed draft length on the training
+            traces (0: start from the fresh adapter). RL then starts from the best schedule a fixed setting gives and
+            explores around it, instead of from random stops that rarely hit a cheap length.
+        warm_start_smoothing (`float`): label smoothing of that imitation, so that the sampled decisions still explore.
         calibration_prompts (`int`), calibration_tokens (`int`): how much to time when fitting the cost model.
         eval_steps (`int`), save_steps (`int`), save_total_limit (`int`, *optional*), logging_steps (`int`).
         report_to (`list[str]`): trackers for `accelerator.log` ("none", "tensorboard", "wandb", ...).
@@ -67,6 +71,8 @@ class DraftTrainerConfig:
     traces_per_step: int = 16
     rollouts: int = 8
     entropy_coef: float = 0.01
+    warm_start_steps: int = 100
+    warm_start_smoothing: float = 0.1
     calibration_prompts: int = 3
     calibration_tokens: int = 32
     eval_steps: int = 25
@@ -91,6 +97,18 @@ class DraftTrainerConfig:
             raise ValueError(
                 f"DraftTrainerConfig.rollouts must be an int >= 2 (a leave-one-out baseline), got {self.rollouts!r}."
             )
+        if (
+            isinstance(self.warm_start_steps, bool)
+            or not isinstance(self.warm_start_steps, int)
+            or self.warm_start_steps < 0
+        ):
+            raise ValueError(
+                f"DraftTrainerConfig.warm_start_steps must be an int >= 0, got {self.warm_start_steps!r}."
+            )
+        if not 0.0 <= self.warm_start_smoothing < 0.5:
+            raise ValueError(
+                f"DraftTrainerConfig.warm_start_smoothing must be in [0, 0.5), got {self.warm_start_smoothing}."
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"DraftTrainerConfig.learning_rate must be > 0, got {self.learning_rate}.")
         unknown = set(self.report_to) - set(REPORT_TO)
@@ -113,7 +131,9 @@ class DraftTrainer:
        way ([`collect_trace`]); cached in `output_dir/traces/`, so a resumed run does not redo them.
     2. Cost model: real speculative calls of every draft length are timed and a line is fitted
        ([`calibrate_cost_model`], `output_dir/cost_model.json`), so rewards do not depend on the machine's noise.
-    3. Steps: `rollouts` replays of each of `traces_per_step` traces with sampled stop decisions; the reward of a
+    3. Warm start: the fixed draft length with the best replayed speed-up on the training traces is imitated for
+       `warm_start_steps` steps, on the states the adapter itself reaches (label-smoothed, so it keeps exploring).
+    4. Steps: `rollouts` replays of each of `traces_per_step` traces with sampled stop decisions; the reward of a
        replay is its speed-up over plain decoding, its advantage the reward minus the mean of the trace's other
        replays (the output is the same in all of them: only the drafting differs).
 
@@ -217,6 +237,8 @@ class DraftTrainer:
             }
             accelerator.init_trackers(args.run_name or "hf_adaptive_decoding_draft", config=config)
         if self.state["global_step"] == 0:
+            if args.warm_start_steps:
+                self._log({"step": 0, **self._warm_start()})
             self._log({"step": 0, **self.evaluate()})
         progress = tqdm(
             total=args.max_steps,
@@ -269,7 +291,7 @@ class DraftTrainer:
                 float(result.drafted.sum()),
                 float(result.accepted.sum()),
                 float(result.cycles.sum()),
-                float(probs.mean()) if len(probs) else 0.0,
+                float(probs.detach().mean()) if len(probs) else 0.0,
                 float(loss),
                 float(entropy),
             ],
@@ -288,6 +310,51 @@ class DraftTrainer:
         }
 
     @torch.no_grad()
+    def _fixed_length_speedups(self, traces: list[DraftTrace]) -> dict[int, float]:
+        """Replayed speed-up of always drafting `k` tokens (as far as the source proposes), for every `k`."""
+        speedups = {}
+        for k in range(1, self.args.max_draft_tokens + 1):
+            fixed = DraftAdapterModel.for_model(self.model, max_draft_tokens=k, initial_stop_probability=1e-4)
+            speedups[k] = float(simulate_drafting(fixed, traces, self.cost_model, deterministic=True).speedup.mean())
+        return speedups
+
+    def _warm_start(self) -> dict[str, float]:
+        """Imitate the best fixed draft length: draft (not stop) until it, stop there; on the adapter's own states."""
+        args, accelerator = self.args, self.accelerator
+        speedups = self._fixed_length_speedups(self.train_traces)
+        best_length = max(speedups, key=speedups.get)
+        optimizer = torch.optim.Adam(self.adapter.parameters(), lr=args.learning_rate)
+        position = DRAFT_FEATURES.index("position")
+        progress = tqdm(
+            range(args.warm_start_steps),
+            desc=f"Warm start (fixed length {best_length})",
+            disable=args.disable_tqdm or not accelerator.is_local_main_process,
+        )
+        for step in progress:
+            draw = random.Random(f"{args.seed}:warm:{step}:{accelerator.process_index}")
+            traces = [draw.choice(self.train_traces) for _ in range(args.traces_per_step)]
+            torch.manual_seed(args.seed * 1_000_003 - step * 1_009 - accelerator.process_index)
+            result = simulate_drafting(self.unwrapped_adapter, traces, self.cost_model)
+            features = result.features.to(accelerator.device)
+            hidden = result.hidden.to(accelerator.device) if args.use_hidden_state else None
+            drafted = (features[:, position] * args.max_draft_tokens).round()
+            stop = (drafted >= best_length).float()
+            labels = stop * (1 - args.warm_start_smoothing) + (1 - stop) * args.warm_start_smoothing
+            logits = self.adapter(features, hidden).stop_logits.float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            agreement = float(((logits.detach() > 0).float() == stop).float().mean())
+            progress.set_postfix(loss=f"{float(loss):.3f}", agreement=f"{agreement:.3f}")
+        return {
+            "warm_start_length": best_length,
+            "warm_start_train_speedup": speedups[best_length],
+            "warm_start_loss": float(loss),
+            "warm_start_agreement": agreement,
+        }
+
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Replayed speed-up on the validation traces: the adapter's most likely decisions, and every fixed length."""
         adapter = self.unwrapped_adapter.eval()
@@ -296,10 +363,8 @@ class DraftTrainer:
                 simulate_drafting(adapter, self.eval_traces, self.cost_model, deterministic=True).speedup.mean()
             )
         }
-        for k in range(1, self.args.max_draft_tokens + 1):
-            fixed = DraftAdapterModel.for_model(self.model, max_draft_tokens=k, initial_stop_probability=1e-4)
-            replay = simulate_drafting(fixed, self.eval_traces, self.cost_model, deterministic=True)
-            results[f"eval_speedup_fixed/{k}"] = float(replay.speedup.mean())
+        for k, speedup in self._fixed_length_speedups(self.eval_traces).items():
+            results[f"eval_speedup_fixed/{k}"] = speedup
         results["eval_speedup_best_fixed"] = max(
             v for key, v in results.items() if key.startswith("eval_speedup_fixed/")
         )

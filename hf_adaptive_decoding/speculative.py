@@ -89,12 +89,14 @@ class _PolicyStop(StoppingCriteria):
 class LearnedDraftGenerator(CandidateGenerator):
     """
     Wraps the candidate generator transformers built for this call (a draft model, early exit, or prompt lookup) and
-    lets a [`DraftAdapterModel`] decide each cycle's draft length, token by token.
+    lets a [`DraftAdapterModel`] decide each cycle's draft length, token by token: before the first token (a cycle
+    that drafts nothing costs a plain decoding step) and after each drafted one.
 
-    - Draft model and early exit: the draft runs up to `max_draft_tokens`, and a stopping criterion asks the adapter
-      after each token (transformers' fixed confidence threshold is switched off for the call).
-    - Prompt lookup: the looked-up continuation (up to `max_draft_tokens`) is cut at the first token after which the
-      adapter stops; the adapter sees no draft probabilities then (`has_draft_probs = 0`).
+    - Draft model and early exit: the adapter's first decision is taken before the draft runs; then the draft runs up
+      to `max_draft_tokens`, and a stopping criterion asks the adapter after each token (transformers' fixed
+      confidence threshold is switched off for the call).
+    - Prompt lookup: the looked-up continuation (up to `max_draft_tokens`) is cut where the adapter first stops; the
+      adapter sees no draft probabilities then (`has_draft_probs = 0`).
     """
 
     requires_model_outputs = False
@@ -179,18 +181,43 @@ class LearnedDraftGenerator(CandidateGenerator):
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
         self.cycle_start = time.perf_counter()
         self.cumulative_prob = torch.ones(1, device=self.adapter.device)
-        candidate_ids, candidate_logits = self.source.get_candidates(input_ids)
-        drafted = candidate_ids.shape[1] - input_ids.shape[1]
-        if self.kind != "prompt_lookup" or drafted <= 1:
-            return candidate_ids, candidate_logits
-        # Prompt lookup proposes its whole continuation at once: the adapter's decisions after tokens 1..drafted-1
+        length = input_ids.shape[1]
+        if self.kind != "prompt_lookup":
+            # First decision: draft at all? (Not where transformers would draft nothing anyway.)
+            if min(self.max_draft, self.max_length - length - 1) > 0 and self._stops_before_drafting(length):
+                return input_ids, None
+            return self.source.get_candidates(input_ids)
+        candidate_ids, _ = self.source.get_candidates(input_ids)
+        drafted = candidate_ids.shape[1] - length
+        first = 0 if self.draft_lengths else 1  # the first cycle always drafts, as in `_stops_before_drafting`
+        if drafted <= first:
+            return candidate_ids, None
+        # Prompt lookup proposes its whole continuation at once: the adapter's decisions before tokens 1..drafted
         # depend on nothing it decides, so they are taken in one batch and the proposal is cut at the first stop.
-        counts = torch.arange(1, drafted, device=self.adapter.device)
-        zeros = torch.zeros(drafted - 1, device=self.adapter.device)
-        rows = self.features(counts, input_ids.shape[1] + counts, zeros, zeros, zeros, has_draft_probs=False)
-        stop, _ = self.adapter.decide_stop(rows, self.hidden.expand(drafted - 1, -1), self.deterministic)
-        keep = int(torch.cat([stop, stop.new_ones(1)]).float().argmax()) + 1
-        return candidate_ids[:, : input_ids.shape[1] + keep], None
+        counts = torch.arange(first, drafted, device=self.adapter.device)
+        zeros = torch.zeros(len(counts), device=self.adapter.device)
+        rows = self.features(counts, length + counts, zeros, zeros, zeros, has_draft_probs=False)
+        stop, _ = self.adapter.decide_stop(rows, self.hidden.expand(len(counts), -1), self.deterministic)
+        keep = first + int(torch.cat([stop, stop.new_ones(1)]).float().argmax())
+        return candidate_ids[:, : length + keep], None
+
+    def _stops_before_drafting(self, length: int) -> bool:
+        # Not in the first cycle: the policy knows nothing yet, and transformers' draft model (or early exit) expects
+        # its own first call to come before the target has added any token.
+        if not self.draft_lengths:
+            return False
+        device = self.adapter.device
+        zero = torch.zeros(1, device=device)
+        rows = self.features(
+            torch.zeros(1, dtype=torch.long, device=device),
+            torch.tensor([length], device=device),
+            zero,
+            zero,
+            zero,
+            has_draft_probs=False,
+        )
+        stop, _ = self.adapter.decide_stop(rows, self.hidden, self.deterministic)
+        return bool(stop)
 
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
         drafted = scores.shape[1] - 1
@@ -207,7 +234,7 @@ class LearnedDraftGenerator(CandidateGenerator):
         states = self.hidden_states.states
         if states is not None and self.adapter.config.use_hidden_state:
             self.hidden = states[:, states.shape[1] - (drafted + 1) + num_matches].to(self.adapter.dtype)
-            self.has_hidden = 1.0
+        self.has_hidden = 1.0  # as in the replay, whether or not the policy reads the state
 
 
 def speculative_generate(

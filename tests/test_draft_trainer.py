@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
+from hf_adaptive_decoding.draft_simulation import simulate_drafting
 from hf_adaptive_decoding.draft_trainer import DraftTrainer, DraftTrainerConfig
 
 from .conftest import make_tiny_model
@@ -39,6 +40,7 @@ def _config(tmp_path, **overrides):
         "calibration_prompts": 2,
         "calibration_tokens": 16,
         "learning_rate": 0.05,
+        "warm_start_steps": 3,
         "disable_tqdm": True,
     }
     return DraftTrainerConfig(**{**values, **overrides})
@@ -59,6 +61,7 @@ def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(tar
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "speedup" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in records if "eval_speedup" in r] == [0, 3, 6]
+    assert [r["step"] for r in records if "warm_start_length" in r] == [0]
     assert {"eval_speedup", "eval_speedup_best_fixed", "eval_speedup_fixed/4"} <= set(final)
     assert json.loads((run / "eval_results.json").read_text())["step"] == 6
     assert (run / "plots" / "speedup.png").exists() and (run / "plots" / "draft_length.png").exists()
@@ -69,6 +72,22 @@ def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(tar
     assert torch.equal(
         target.generate(input_ids=inputs, do_sample=False, max_new_tokens=12, decoding_adapter=adapter, **extra), plain
     )
+
+
+@pytest.mark.parametrize("source", ["early_exit", "prompt_lookup"])
+def test_the_warm_start_imitates_the_best_fixed_draft_length(target, tmp_path, source):
+    trainer = DraftTrainer(
+        target, _config(tmp_path, source=source, warm_start_steps=60), _prompts(6), _prompts(2, seed=1)
+    )
+    trainer.train_traces = trainer._traces(trainer.train_prompts, "train")
+    trainer.cost_model = trainer._cost_model()
+    fixed = trainer._fixed_length_speedups(trainer.train_traces)
+    warm = trainer._warm_start()
+    assert warm["warm_start_length"] == max(fixed, key=fixed.get)
+    assert warm["warm_start_train_speedup"] == max(fixed.values()) and warm["warm_start_agreement"] > 0.95
+    # Its most likely decisions are that fixed length's: the same replayed speed-up.
+    replay = simulate_drafting(trainer.unwrapped_adapter.eval(), trainer.train_traces, trainer.cost_model, 1, True)
+    assert float(replay.speedup.mean()) == pytest.approx(warm["warm_start_train_speedup"], rel=1e-5)
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(target, tmp_path):
@@ -118,6 +137,6 @@ def test_a_run_folder_is_not_overwritten_by_accident(target, tmp_path):
     )
     again.train()
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2, 3, 3]  # one run's worth: the first run's lines are gone
+    assert steps == [0, 0, 1, 2, 3, 3]  # one run's worth (warm start, evals, steps): the first run's are gone
     with pytest.raises(ValueError, match="at least one training and one validation prompt"):
         DraftTrainer(target, _config(tmp_path), [], _prompts(1))

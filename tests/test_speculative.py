@@ -93,7 +93,11 @@ def test_the_policy_sets_the_draft_length(target, draft_model, source):
     kwargs |= _sources(target, draft_model)[source]
     always = DraftAdapterModel.for_model(target, max_draft_tokens=6, initial_stop_probability=0.99)
     out = target.generate(**inputs, decoding_adapter=always, deterministic=True, **kwargs)
-    assert (out.draft_lengths[:-1] == 1).all()
+    # The first cycle always drafts; after it, stopping before the first token skips drafting (a plain step).
+    assert out.draft_lengths[0] == 1 and (out.draft_lengths[1:] == 0).all()
+    assert len(out.draft_lengths) + int(out.accepted_lengths.sum()) == 30
+    plain = target.generate(**inputs, do_sample=False, max_new_tokens=30)
+    assert torch.equal(out.sequences, plain)
     never = DraftAdapterModel.for_model(target, max_draft_tokens=6, initial_stop_probability=0.01)
     out = target.generate(**inputs, decoding_adapter=never, deterministic=True, **kwargs)
     # Drafts are cut only by the cap, and near the end by what max_length leaves.
@@ -108,7 +112,7 @@ def test_prompt_lookup_proposals_are_cut_where_the_policy_stops(target):
     assert long.draft_lengths.max() > 2  # the adapter's cap replaces prompt_lookup_num_tokens
     always = DraftAdapterModel.for_model(target, max_draft_tokens=7, initial_stop_probability=0.99)
     short = target.generate(**inputs, decoding_adapter=always, deterministic=True, **kwargs)
-    assert short.draft_lengths.max() <= 1
+    assert short.draft_lengths.max() <= 1 and (short.draft_lengths[1:] == 0).all()
     assert torch.equal(long.sequences, short.sequences)
 
 
