@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 python benchmarks/speculative.py [--sources prompt_lookup early_exit assistant_model]
         [--adapter prompt_lookup=<folder>] [--arithmetic 4] [--code 4] [--max-new-tokens 96] [--rounds 2]
-        [--early-exit-layer 8] [--draft-layers 8] [--threads N]
+        [--early-exit-layer 8] [--draft-layers 8] [--threads N] [--output results.json]
 
 Default model (SmolLM2-135M-Instruct), prompts of the built-in tasks' test split (`builtin_draft_prompts`: arithmetic
 with a chain-of-thought instruction, and HumanEval), one at a time (assisted generation takes batch 1), greedy,
@@ -21,12 +21,14 @@ round 0 warms up and is not counted):
 Every side's output is checked to be token-for-token plain greedy's. Tokens/s = new tokens / wall time, summed over
 the prompts of a round. Prints, per source and side: median tokens/s over rounds and the ratio to plain (median of
 the per-round ratios, with their min-max). The draft model is the target's first `--draft-layers` layers
-(`layer_dropped_draft`): SmolLM2 has no smaller sibling.
+(`layer_dropped_draft`): SmolLM2 has no smaller sibling. `--output` also writes the figures as JSON (what
+`recipes/ship_draft_adapter.py` puts in the shipped adapter's card).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--early-exit-layer", type=int, default=8)
     parser.add_argument("--draft-layers", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument("--output", help="Also write the figures to this JSON file.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,6 +101,10 @@ def main() -> None:
         f"max_new_tokens {args.max_new_tokens}, {args.rounds} rounds + 1 warm-up; early exit at layer "
         f"{args.early_exit_layer}, draft model = first {args.draft_layers} of {model.config.num_hidden_layers} layers"
     )
+
+    report = {"settings": {**vars(args), "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    report["settings"]["num_prompts"] = len(prompts)
+    report["sources"] = {}
 
     def run(input_ids: torch.LongTensor, **kwargs) -> torch.LongTensor:
         return model.generate(
@@ -158,6 +165,7 @@ def main() -> None:
         header = f"  {'side':<26} {'tok/s':>7} {'ratio':>6}  {'min-max':<11}"
         print(header + "\n  " + "-" * (len(header) - 2))
         best_hf = max((n for n in names if n.startswith("hf")), key=lambda n: statistics.median(rates[n]))
+        figures = {"adapter": str(path) if path else None, "best_hf": best_hf, "sides": {}}
         for name in names:
             ratios = [rate / base for rate, base in zip(rates[name], rates["plain"], strict=True)]
             mark = "  <- best hf" if name == best_hf else ""
@@ -165,12 +173,26 @@ def main() -> None:
                 f"  {name:<26} {statistics.median(rates[name]):>7.1f} {statistics.median(ratios):>6.3f}  "
                 f"{min(ratios):.3f}-{max(ratios):.3f}{mark}"
             )
+            figures["sides"][name] = {
+                "tokens_per_second": statistics.median(rates[name]),
+                "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+            }
         if "learned" in rates:
             versus = [a / b for a, b in zip(rates["learned"], rates[best_hf], strict=True)]
             print(
                 f"  learned / best hf ({best_hf}): {statistics.median(versus):.3f} "
                 f"({min(versus):.3f}-{max(versus):.3f})"
             )
+            figures["learned_vs_best_hf"] = {
+                "ratio": statistics.median(versus),
+                "ratio_min": min(versus),
+                "ratio_max": max(versus),
+            }
+        report["sources"][source] = figures
+        if args.output:  # after every source, so a long run keeps what it measured
+            Path(args.output).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -193,6 +193,10 @@ class SimulationResult:
             cap forced): its `DRAFT_FEATURES`, hidden state, whether it stopped, and its episode.
         drafted, accepted (`torch.FloatTensor` of shape `(episodes,)`): tokens drafted and accepted in total.
         cycles (`torch.LongTensor` of shape `(episodes,)`): number of cycles.
+        cycle (`torch.LongTensor`): one row per decision: the number of the cycle it was taken in, within its episode.
+        cycle_tokens, cycle_seconds (`torch.FloatTensor` of shape `(episodes, max cycles)`): tokens each cycle added
+            (accepted plus the target's own) and its priced seconds; zero past an episode's last cycle.
+        plain_step (`float`): the cost model's seconds per plain decoding step.
     """
 
     speedup: torch.Tensor
@@ -204,6 +208,10 @@ class SimulationResult:
     drafted: torch.Tensor
     accepted: torch.Tensor
     cycles: torch.Tensor
+    cycle: torch.Tensor
+    cycle_tokens: torch.Tensor
+    cycle_seconds: torch.Tensor
+    plain_step: float
 
 
 def _stack(traces: list[DraftTrace], name: str, fill: float, dtype) -> torch.Tensor:
@@ -253,7 +261,9 @@ def simulate_drafting(
     total_drafted, total_accepted = torch.zeros(episodes), torch.zeros(episodes)
     cycles = torch.zeros(episodes, dtype=torch.long)
     has_draft_probs = float(cost_model.source != "prompt_lookup")
-    record: dict[str, list[torch.Tensor]] = {"features": [], "hidden": [], "stopped": [], "episode": []}
+    record: dict[str, list[torch.Tensor]] = {"features": [], "hidden": [], "stopped": [], "episode": [], "cycle": []}
+    cycle_tokens = torch.zeros(episodes, int(lengths.max()))  # each cycle's outcome, by (episode, cycle number)
+    cycle_seconds = torch.zeros(episodes, int(lengths.max()))
 
     while True:
         active = position < lengths
@@ -294,7 +304,14 @@ def simulate_drafting(
         stop, _ = adapter.decide_stop(features, hidden if adapter.config.use_hidden_state else None, deterministic)
         stop = stop.cpu()
         if decides.any():
-            for key, value in (("features", features), ("hidden", hidden), ("stopped", stop), ("episode", rows)):
+            taken = (
+                ("features", features),
+                ("hidden", hidden),
+                ("stopped", stop),
+                ("episode", rows),
+                ("cycle", cycles),
+            )
+            for key, value in taken:
                 record[key].append(value[decides])
         cumulative = cumulative * torch.where(seen[:, 0] > 0, token_stats[:, 0], torch.ones_like(cumulative))
         ends = active & (full | (decides & stop))
@@ -303,7 +320,11 @@ def simulate_drafting(
         k = torch.where(ends, drafted, torch.zeros_like(drafted))
         accepted = torch.minimum(k, runs[rows, start])
         accepted = torch.minimum(accepted, (lengths - position - 1).clamp(min=0))  # the call ends at its last token
-        seconds = seconds + torch.where(ends, cost_model.cycle_seconds(k), torch.zeros_like(seconds))
+        cost = cost_model.cycle_seconds(k)
+        seconds = seconds + torch.where(ends, cost, torch.zeros_like(seconds))
+        closing = ends.nonzero().squeeze(-1)
+        cycle_tokens[closing, cycles[closing]] = (accepted[closing] + 1).float()
+        cycle_seconds[closing, cycles[closing]] = cost[closing]
         cycled = ends & (k > 0)
         acceptance_ema = torch.where(
             cycled,
@@ -329,17 +350,47 @@ def simulate_drafting(
         hidden=cat("hidden", (hidden_all.shape[-1],), torch.float),
         stopped=cat("stopped", (), torch.bool),
         episode=cat("episode", (), torch.long),
+        cycle=cat("cycle", (), torch.long),
+        cycle_tokens=cycle_tokens[:, : int(cycles.max())],
+        cycle_seconds=cycle_seconds[:, : int(cycles.max())],
+        plain_step=cost_model.plain_step,
         drafted=total_drafted,
         accepted=total_accepted,
         cycles=cycles,
     )
 
 
-def episode_log_probs(stop_logits: torch.Tensor, result: SimulationResult) -> torch.Tensor:
-    """Sum over each episode's decisions of `log pi(decision)`, given the policy's `stop_logits` on
-    `result.features` (computed with gradients by the caller): `(episodes,)`."""
+def cycle_advantages(result: SimulationResult, rollouts: int) -> torch.Tensor:
+    """
+    Credit per decision from its own cycle: the cycle's tokens minus what they would cost at the current throughput,
+    `tokens - speedup * seconds / plain_step` (in plain steps; `speedup` is the mean over the trace's rollouts),
+    minus the mean of that over the trace's cycles. Since the output is fixed, a policy's total time is the sum of its
+    cycles' times, and this differential reward (as in average-reward RL) makes a cycle good exactly when it adds
+    tokens faster than the policy does on average: far less noisy than crediting every decision with the whole
+    episode's speed-up. `(decisions,)`.
+    """
+    episodes = len(result.speedup)
+    speedup = result.speedup.view(-1, rollouts).mean(dim=1).repeat_interleave(rollouts)
+    ran = torch.arange(result.cycle_tokens.shape[1])[None] < result.cycles[:, None]
+    reward = result.cycle_tokens - speedup[:, None] * result.cycle_seconds / result.plain_step
+    per_trace = (reward * ran).view(-1, rollouts, reward.shape[1]).sum(dim=(1, 2))
+    baseline = (per_trace / ran.view(-1, rollouts, ran.shape[1]).sum(dim=(1, 2))).repeat_interleave(rollouts)
+    advantage = reward - baseline[:, None]
+    if episodes == 0 or len(result.episode) == 0:
+        return torch.zeros(0)
+    return advantage[result.episode, result.cycle]
+
+
+def decision_log_probs(stop_logits: torch.Tensor, result: SimulationResult) -> torch.Tensor:
+    """`log pi(decision)` of each recorded decision, given the policy's `stop_logits` on `result.features` (computed
+    with gradients by the caller): `(decisions,)`."""
     stopped = result.stopped.to(stop_logits.device)
     logits = stop_logits.float()
-    log_probs = torch.where(stopped, torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits))
-    totals = torch.zeros(len(result.speedup), device=logits.device)
-    return totals.index_add(0, result.episode.to(logits.device), log_probs)
+    return torch.where(stopped, torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits))
+
+
+def episode_log_probs(stop_logits: torch.Tensor, result: SimulationResult) -> torch.Tensor:
+    """Sum over each episode's decisions of `log pi(decision)`: `(episodes,)`."""
+    log_probs = decision_log_probs(stop_logits, result)
+    totals = torch.zeros(len(result.speedup), device=log_probs.device)
+    return totals.index_add(0, result.episode.to(log_probs.device), log_probs)

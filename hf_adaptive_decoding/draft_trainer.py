@@ -22,7 +22,15 @@ from . import checkpointing
 from .draft_calibration import calibrate_cost_model
 from .draft_modeling import CANDIDATE_SOURCES as SOURCES
 from .draft_modeling import DRAFT_FEATURES, DraftAdapterModel
-from .draft_simulation import CycleCostModel, DraftTrace, collect_trace, episode_log_probs, simulate_drafting
+from .draft_simulation import (
+    CycleCostModel,
+    DraftTrace,
+    collect_trace,
+    cycle_advantages,
+    decision_log_probs,
+    episode_log_probs,
+    simulate_drafting,
+)
 from .reporting import MetricsWriter
 from .trainer_config import REPORT_TO
 
@@ -46,7 +54,11 @@ class DraftTrainerConfig:
         learning_rate (`float`), max_grad_norm (`float`): Adam and gradient clipping.
         max_steps (`int`): number of updates.
         traces_per_step (`int`): traced prompts replayed per process and step.
-        rollouts (`int`): replays per trace and step; each is scored against the mean of the others.
+        rollouts (`int`): replays per trace and step.
+        credit (`str`): how decisions are credited. `"cycle"` (default): by their own cycle's differential reward,
+            its tokens minus what they cost at the policy's current speed-up, against the mean over the trace's
+            cycles ([`cycle_advantages`]). `"episode"`: by the replay's whole speed-up against the mean of the trace's
+            other replays (plain REINFORCE with a leave-one-out baseline; noisier).
         entropy_coef (`float`): bonus on the entropy of the stop decisions, against early collapse.
         warm_start_steps (`int`): before RL, this many steps of imitating the best fixed draft length on the training
             traces (0: start from the fresh adapter). RL then starts from the best schedule a fixed setting gives and
@@ -70,6 +82,7 @@ class DraftTrainerConfig:
     max_steps: int = 150
     traces_per_step: int = 16
     rollouts: int = 8
+    credit: str = "cycle"
     entropy_coef: float = 0.01
     warm_start_steps: int = 100
     warm_start_smoothing: float = 0.1
@@ -109,6 +122,8 @@ class DraftTrainerConfig:
             raise ValueError(
                 f"DraftTrainerConfig.warm_start_smoothing must be in [0, 0.5), got {self.warm_start_smoothing}."
             )
+        if self.credit not in ("cycle", "episode"):
+            raise ValueError(f"DraftTrainerConfig.credit must be 'cycle' or 'episode', got {self.credit!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"DraftTrainerConfig.learning_rate must be > 0, got {self.learning_rate}.")
         unknown = set(self.report_to) - set(REPORT_TO)
@@ -129,13 +144,12 @@ class DraftTrainer:
 
     1. Traces: each training and validation prompt is generated greedily once, with the source's proposals along the
        way ([`collect_trace`]); cached in `output_dir/traces/`, so a resumed run does not redo them.
-    2. Cost model: real speculative calls of every draft length are timed and a line is fitted
+    2. Cost model: real speculative calls of every draft length are timed, giving a cost per draft length
        ([`calibrate_cost_model`], `output_dir/cost_model.json`), so rewards do not depend on the machine's noise.
     3. Warm start: the fixed draft length with the best replayed speed-up on the training traces is imitated for
        `warm_start_steps` steps, on the states the adapter itself reaches (label-smoothed, so it keeps exploring).
-    4. Steps: `rollouts` replays of each of `traces_per_step` traces with sampled stop decisions; the reward of a
-       replay is its speed-up over plain decoding, its advantage the reward minus the mean of the trace's other
-       replays (the output is the same in all of them: only the drafting differs).
+    4. Steps: `rollouts` replays of each of `traces_per_step` traces with sampled stop decisions (the output is the
+       same in all of them: only the drafting differs), each decision credited by `credit`, plus an entropy bonus.
 
     Args:
         model ([`~transformers.PreTrainedModel`]): the target, frozen.
@@ -271,16 +285,20 @@ class DraftTrainer:
         torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + accelerator.process_index)
         result = simulate_drafting(self.unwrapped_adapter, traces, self.cost_model, rollouts=args.rollouts)
         speedup = result.speedup.view(len(traces), args.rollouts).to(accelerator.device)
-        others = (speedup.sum(dim=1, keepdim=True) - speedup) / (args.rollouts - 1)
-        advantages = (speedup - others).flatten()
         hidden = result.hidden.to(accelerator.device) if args.use_hidden_state else None
         logits = self.adapter(result.features.to(accelerator.device), hidden).stop_logits.float()
-        log_probs = episode_log_probs(logits, result)
+        if args.credit == "cycle":
+            advantages = cycle_advantages(result, args.rollouts).to(accelerator.device)
+            policy_loss = -(advantages * decision_log_probs(logits, result)).sum() / len(result.speedup)
+        else:
+            others = (speedup.sum(dim=1, keepdim=True) - speedup) / (args.rollouts - 1)
+            advantages = (speedup - others).flatten()
+            policy_loss = -(advantages * episode_log_probs(logits, result)).mean()
         probs = torch.sigmoid(logits)
         logsigmoid = torch.nn.functional.logsigmoid
         entropy = -(probs * logsigmoid(logits) + (1 - probs) * logsigmoid(-logits))
         entropy = entropy.mean() if len(entropy) else logits.sum() * 0
-        loss = -(advantages * log_probs).mean() - args.entropy_coef * entropy
+        loss = policy_loss - args.entropy_coef * entropy
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(self.adapter.parameters(), args.max_grad_norm)
         self.optimizer.step()

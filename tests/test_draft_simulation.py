@@ -5,6 +5,7 @@ from hf_adaptive_decoding import DRAFT_FEATURES, DraftAdapterModel
 from hf_adaptive_decoding.draft_simulation import (
     CycleCostModel,
     collect_trace,
+    cycle_advantages,
     episode_log_probs,
     simulate_drafting,
 )
@@ -144,6 +145,39 @@ def test_always_stopping_drafts_only_in_the_first_cycle(target, draft_model):
     assert result.stopped.all() and (result.features[:, DRAFT_FEATURES.index("position")] * 4).round().tolist() == [
         1.0
     ] + [0.0] * (len(result.stopped) - 1)
+
+
+def test_cycle_outcomes_add_up_and_credit_each_decision_with_its_cycle(target, draft_model):
+    adapter = DraftAdapterModel.for_model(target, max_draft_tokens=4, initial_stop_probability=0.3)
+    traces = [
+        collect_trace(target, _prompt(seed), "assistant_model", NEW_TOKENS, 4, draft_model=draft_model)
+        for seed in range(2)
+    ]
+    cost = CycleCostModel("assistant_model", **COST)
+    torch.manual_seed(0)
+    result = simulate_drafting(adapter, traces, cost, rollouts=3)
+    # Every episode's cycles add up to its tokens and to its priced time.
+    torch.testing.assert_close(result.cycle_tokens.sum(dim=1), torch.full((6,), float(NEW_TOKENS)))
+    torch.testing.assert_close(result.cycle_seconds.sum(dim=1), NEW_TOKENS * COST["plain_step"] / result.speedup)
+    assert ((result.cycle_tokens > 0).sum(dim=1) == result.cycles).all()
+    advantages = cycle_advantages(result, rollouts=3)
+    assert advantages.shape == result.stopped.shape
+    # By hand: tokens - speedup * seconds / plain_step, minus its mean over the trace's cycles (all rollouts).
+    speedup = result.speedup.view(2, 3).mean(dim=1).repeat_interleave(3)
+    expected = []
+    for episode, cycle in zip(result.episode.tolist(), result.cycle.tolist(), strict=True):
+        trace = episode // 3
+        rewards = [
+            float(result.cycle_tokens[e, c] - speedup[e] * result.cycle_seconds[e, c] / COST["plain_step"])
+            for e in range(3 * trace, 3 * trace + 3)
+            for c in range(int(result.cycles[e]))
+        ]
+        own = float(
+            result.cycle_tokens[episode, cycle]
+            - speedup[episode] * result.cycle_seconds[episode, cycle] / COST["plain_step"]
+        )
+        expected.append(own - sum(rewards) / len(rewards))
+    torch.testing.assert_close(advantages, torch.tensor(expected), atol=1e-4, rtol=1e-4)
 
 
 def test_errors_name_the_problem(target, draft_model):

@@ -46,9 +46,9 @@ def _config(tmp_path, **overrides):
     return DraftTrainerConfig(**{**values, **overrides})
 
 
-@pytest.mark.parametrize("source", ["early_exit", "prompt_lookup"])
-def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(target, tmp_path, source):
-    args = _config(tmp_path, source=source)
+@pytest.mark.parametrize(("source", "credit"), [("early_exit", "cycle"), ("prompt_lookup", "episode")])
+def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(target, tmp_path, source, credit):
+    args = _config(tmp_path, source=source, credit=credit)
     before = DraftAdapterModel.for_model(target, max_draft_tokens=4)
     trainer = DraftTrainer(target, args, _prompts(6), _prompts(2, seed=1))
     final = trainer.train()
@@ -121,6 +121,9 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(target, tmp_path):
         ({"rollouts": 1}, "rollouts must be an int >= 2"),
         ({"max_steps": 0}, "max_steps must be an int >= 1, got 0"),
         ({"report_to": ["nope"]}, r"report_to has \['nope'\]"),
+        ({"credit": "token"}, "credit must be 'cycle' or 'episode', got 'token'"),
+        ({"warm_start_steps": -1}, "warm_start_steps must be an int >= 0, got -1"),
+        ({"warm_start_smoothing": 0.5}, r"warm_start_smoothing must be in \[0, 0.5\), got 0.5"),
     ],
 )
 def test_invalid_settings_are_refused(tmp_path, overrides, message):
