@@ -157,6 +157,7 @@ class DraftTrainer:
         train_prompts, eval_prompts (`list[torch.LongTensor]`): prompts of shape `(1, length)`.
         adapter ([`DraftAdapterModel`], *optional*): to continue from; a fresh one by default.
         draft_model ([`~transformers.PreTrainedModel`], *optional*): the draft, for `source="assistant_model"`.
+        base_model_revision (`str`, *optional*): the target's revision, recorded in a fresh adapter's config.
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class DraftTrainer:
         eval_prompts: list[torch.LongTensor],
         adapter: DraftAdapterModel | None = None,
         draft_model: PreTrainedModel | None = None,
+        base_model_revision: str | None = None,
     ):
         if not train_prompts or not eval_prompts:
             raise ValueError("DraftTrainer needs at least one training and one validation prompt.")
@@ -179,6 +181,7 @@ class DraftTrainer:
         set_seed(args.seed)
         adapter = adapter or DraftAdapterModel.for_model(
             model,
+            base_model_revision=base_model_revision,
             max_draft_tokens=args.max_draft_tokens,
             use_hidden_state=args.use_hidden_state,
             candidate_source=args.source,

@@ -17,6 +17,7 @@ from trl import TrlParser
 
 from hf_adaptive_decoding import load_default_model
 from hf_adaptive_decoding.checkpointing import complete_checkpoints
+from hf_adaptive_decoding.default_model import default_model_revision
 from hf_adaptive_decoding.draft_prompts import builtin_draft_prompts
 from hf_adaptive_decoding.draft_sources import layer_dropped_draft
 from hf_adaptive_decoding.draft_trainer import DraftTrainer, DraftTrainerConfig
@@ -57,7 +58,8 @@ def main() -> None:
     if resume == "auto":
         resume = "true" if complete_checkpoints(args.output_dir) else None
     resume = True if resume == "true" else resume
-    trainer = DraftTrainer(model, args, train, evals, draft_model=draft_model)
+    revision = default_model_revision() if script_args.model_name_or_path is None else None
+    trainer = DraftTrainer(model, args, train, evals, draft_model=draft_model, base_model_revision=revision)
     final = trainer.train(resume_from_checkpoint=resume)
     print(
         f"Replayed speed-up on validation: {final['eval_speedup']:.3f} (best fixed draft length: "

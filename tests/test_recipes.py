@@ -164,3 +164,107 @@ def test_reproduce_script_runs_every_step_resumes_and_ships_loadable_adapters(de
     timings = (out / "timings.tsv").read_text().splitlines()
     assert timings[-2] == "evaluate (interrupted)\t7" and timings[-1].startswith("evaluate\t"), timings
     assert not (out / ".started-evaluate").exists()
+
+
+@pytest.mark.slow
+def test_train_draft_recipe_runs_with_overrides_of_its_default_config(default_model, tmp_path):
+    from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
+    from hf_adaptive_decoding.default_model import default_model_revision
+
+    output = tmp_path / "draft"
+    command = [sys.executable, str(ROOT / "recipes" / "train_draft.py"), "--output_dir", str(output)]
+    command += ["--max_steps", "2", "--max_new_tokens", "12", "--num_train_arithmetic", "2", "--num_train_code", "1"]
+    command += ["--num_eval_arithmetic", "1", "--num_eval_code", "1", "--calibration_prompts", "1"]
+    command += ["--calibration_tokens", "12", "--warm_start_steps", "2", "--traces_per_step", "2"]
+    command += ["--disable_tqdm", "true"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Adapter: {output}/" in run.stdout and "best fixed draft length" in run.stdout
+    adapter = AutoDecodingAdapter.from_pretrained(output)
+    assert isinstance(adapter, DraftAdapterModel) and adapter.config.candidate_source == "prompt_lookup"
+    assert adapter.config.base_model_revision == default_model_revision()
+    assert json.loads((output / "cost_model.json").read_text())["source"] == "prompt_lookup"
+
+
+def _fake_draft_run(run: Path, source: str = "early_exit") -> None:
+    """What recipes/train_draft.py leaves in its output_dir, on a tiny target."""
+    from hf_adaptive_decoding import DraftAdapterModel
+
+    from .conftest import make_tiny_model
+
+    DraftAdapterModel.for_model(make_tiny_model("llama"), max_draft_tokens=3, candidate_source=source).save_pretrained(
+        run
+    )
+    cost = {"source": source, "intercept": 0.1, "per_token": 0.01, "plain_step": 0.066}
+    cost |= {
+        "measurements": [[0, 0.066, 9], [1, 0.107, 4], [3, 0.13, 5]],
+        "seconds_by_length": [0.066, 0.107, 0.12, 0.13],
+    }
+    (run / "cost_model.json").write_text(json.dumps(cost))
+    evals = {"step": 4, "eval_speedup": 1.25, "eval_speedup_fixed/1": 0.9, "eval_speedup_fixed/2": 1.1}
+    evals |= {"eval_speedup_fixed/3": 1.2, "eval_speedup_best_fixed": 1.2}
+    (run / "eval_results.json").write_text(json.dumps(evals))
+    (run / "checkpoint-4").mkdir()
+    settings = {"max_steps": 4, "source": source, "early_exit_layer": 8, "max_draft_tokens": 3, "output_dir": "x"}
+    (run / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"config": settings}))
+    (run / "traces" / "train-abc").mkdir(parents=True)
+    for index in range(5):
+        (run / "traces" / "train-abc" / f"{index}.pt").write_bytes(b"")
+
+
+def _benchmark(source: str = "early_exit", learned: tuple[float, float, float] | None = (1.1, 1.05, 1.2)) -> dict:
+    sides = {
+        "plain": {"tokens_per_second": 14.0, "ratio": 1.0, "ratio_min": 1.0, "ratio_max": 1.0},
+        "hf constant 4": {"tokens_per_second": 12.0, "ratio": 0.857, "ratio_min": 0.8, "ratio_max": 0.9},
+    }
+    figures = {"adapter": "x", "best_hf": "hf constant 4", "sides": sides}
+    if learned:
+        sides["learned"] = {"tokens_per_second": 13.2, "ratio": 0.943, "ratio_min": 0.9, "ratio_max": 0.97}
+        figures["learned_vs_best_hf"] = dict(zip(("ratio", "ratio_min", "ratio_max"), learned, strict=True))
+    settings = {"arithmetic": 2, "code": 2, "num_prompts": 4, "max_new_tokens": 96, "rounds": 2, "torch": "2.13.0"}
+    settings |= {"threads": 2, "early_exit_layer": 8, "draft_layers": 8}
+    return {"settings": settings, "sources": {source: figures}}
+
+
+def test_ship_draft_adapter_writes_a_hub_folder_with_a_card_of_measured_figures(tmp_path):
+    run = tmp_path / "run"
+    _fake_draft_run(run)
+    (tmp_path / "bench.json").write_text(json.dumps(_benchmark()))
+    command = [sys.executable, str(ROOT / "recipes" / "ship_draft_adapter.py"), "--run_dir", str(run)]
+    command += ["--name", "tiny-draft", "--benchmark", str(tmp_path / "bench.json")]
+    command += ["--model_cards_dir", str(tmp_path / "cards")]
+    shipped = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert shipped.returncode == 0, shipped.stderr[-3000:]
+    folder = tmp_path / "cards" / "tiny-draft"
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "cost_model.json", "README.md"}
+    assert json.loads((folder / "validation_results.json").read_text())["eval_speedup"] == 1.25
+    card = (folder / "README.md").read_text()
+    assert "early exit of the target itself at layer 8 (`assistant_early_exit=8`)" in card
+    assert "| ms per cycle | 66 | 107 | 120 | 130 |" in card and "| cycles timed | 9 | 4 | 0 | 5 |" in card
+    assert "| this adapter (most likely decisions) | **1.250** |" in card and "| always draft 3 | 1.200 |" in card
+    assert "| this adapter | 13.2 | 0.943 (0.900–0.970) |" in card
+    assert "(transformers constant 4), the adapter's tokens/s ratio is 1.100 (1.050–1.200 over rounds): faster" in card
+    assert "There are 4 steps, on 5 prompts" in card and "tags:" in card and "draft-adapter" in card
+
+    from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
+
+    assert isinstance(AutoDecodingAdapter.from_pretrained(folder), DraftAdapterModel)
+
+
+@pytest.mark.parametrize(
+    ("bench", "message"),
+    [
+        (_benchmark("prompt_lookup"), "measured ['prompt_lookup'], not this adapter's source 'early_exit'"),
+        (_benchmark(learned=None), "no learned side for early_exit"),
+    ],
+)
+def test_ship_draft_adapter_refuses_a_benchmark_that_does_not_describe_the_adapter(tmp_path, bench, message):
+    run = tmp_path / "run"
+    _fake_draft_run(run)
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    command = [sys.executable, str(ROOT / "recipes" / "ship_draft_adapter.py"), "--run_dir", str(run)]
+    command += ["--name", "tiny-draft", "--benchmark", str(tmp_path / "bench.json")]
+    command += ["--model_cards_dir", str(tmp_path / "cards")]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and message in refused.stderr
+    assert not (tmp_path / "cards").exists()  # nothing half-shipped
