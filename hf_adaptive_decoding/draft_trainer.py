@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class DraftTrainerConfig:
             explores around it, instead of from random stops that rarely hit a cheap length.
         warm_start_smoothing (`float`): label smoothing of that imitation, so that the sampled decisions still explore.
         calibration_prompts (`int`), calibration_tokens (`int`): how much to time when fitting the cost model.
+        load_best_model_at_end (`bool`): the saved adapter is the one with the best replayed validation speed-up
+            among the evaluations (the one right after the warm start included), as with transformers' Trainer; the
+            latest weights stay in the last checkpoint.
         eval_steps (`int`), save_steps (`int`), save_total_limit (`int`, *optional*), logging_steps (`int`).
         report_to (`list[str]`): trackers for `accelerator.log` ("none", "tensorboard", "wandb", ...).
         run_name (`str`, *optional*), seed (`int`), disable_tqdm (`bool`).
@@ -88,6 +92,7 @@ class DraftTrainerConfig:
     warm_start_smoothing: float = 0.1
     calibration_prompts: int = 3
     calibration_tokens: int = 32
+    load_best_model_at_end: bool = True
     eval_steps: int = 25
     save_steps: int = 25
     save_total_limit: int | None = 2
@@ -256,7 +261,7 @@ class DraftTrainer:
         if self.state["global_step"] == 0:
             if args.warm_start_steps:
                 self._log({"step": 0, **self._warm_start()})
-            self._log({"step": 0, **self.evaluate()})
+            self._evaluate_and_keep_best(0)
         progress = tqdm(
             total=args.max_steps,
             initial=self.state["global_step"],
@@ -272,7 +277,7 @@ class DraftTrainer:
             if step % args.logging_steps == 0 or step == args.max_steps:
                 self._log({"step": step, **metrics})
             if step % args.eval_steps == 0 or step == args.max_steps:
-                self._log({"step": step, **self.evaluate()})
+                self._evaluate_and_keep_best(step)
             if step % args.save_steps == 0 or step == args.max_steps:
                 checkpointing.save_and_rotate(accelerator, self.output_dir, step, self.state, args.save_total_limit)
         progress.close()
@@ -367,11 +372,11 @@ class DraftTrainer:
             optimizer.step()
             optimizer.zero_grad()
             agreement = float(((logits.detach() > 0).float() == stop).float().mean())
-            progress.set_postfix(loss=f"{float(loss):.3f}", agreement=f"{agreement:.3f}")
+            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", agreement=f"{agreement:.3f}")
         return {
             "warm_start_length": best_length,
             "warm_start_train_speedup": speedups[best_length],
-            "warm_start_loss": float(loss),
+            "warm_start_loss": float(loss.detach()),
             "warm_start_agreement": agreement,
         }
 
@@ -415,7 +420,17 @@ class DraftTrainer:
             if accelerator.is_main_process:  # traces and the cost model stay: they do not depend on the policy
                 checkpointing.discard_checkpoints_after(self.output_dir, -1)
                 (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+                for folder in self.output_dir.glob("best-*"):
+                    shutil.rmtree(folder)
         accelerator.wait_for_everyone()
+
+    def _evaluate_and_keep_best(self, step: int) -> None:
+        results = self.evaluate()
+        self._log({"step": step, **results})
+        if results["eval_speedup"] > self.state.get("best_eval_speedup", float("-inf")):
+            self.state.update(best_eval_speedup=results["eval_speedup"], best_step=step)
+            if self.accelerator.is_main_process:  # written before the checkpoint of this step that records it
+                self.unwrapped_adapter.save_pretrained(self.output_dir / f"best-{step}")
 
     def _log(self, entry: dict[str, Any]) -> None:
         self.state["log_history"].append(entry)
@@ -428,9 +443,16 @@ class DraftTrainer:
         if not self.accelerator.is_main_process:
             return
         adapter = self.unwrapped_adapter
-        adapter.save_pretrained(self.output_dir)
         evals = [entry for entry in self.state["log_history"] if "eval_speedup" in entry]
-        (self.output_dir / "eval_results.json").write_text(json.dumps(evals[-1], indent=2))
+        final = evals[-1]
+        if self.args.load_best_model_at_end and "best_step" in self.state:
+            best_step = self.state["best_step"]
+            adapter = type(adapter).from_pretrained(self.output_dir / f"best-{best_step}")
+            final = {**next(e for e in evals if e["step"] == best_step), "best_step": best_step}
+        adapter.save_pretrained(self.output_dir)
+        for folder in self.output_dir.glob("best-*"):
+            shutil.rmtree(folder)
+        (self.output_dir / "eval_results.json").write_text(json.dumps(final, indent=2))
         from .draft_reporting import plot_draft_training
 
         plot_draft_training(self.state["log_history"], self.output_dir / "plots")

@@ -46,9 +46,13 @@ def _config(tmp_path, **overrides):
     return DraftTrainerConfig(**{**values, **overrides})
 
 
-@pytest.mark.parametrize(("source", "credit"), [("early_exit", "cycle"), ("prompt_lookup", "episode")])
-def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(target, tmp_path, source, credit):
-    args = _config(tmp_path, source=source, credit=credit)
+@pytest.mark.parametrize(
+    ("source", "credit", "load_best"), [("early_exit", "cycle", True), ("prompt_lookup", "episode", False)]
+)
+def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(
+    target, tmp_path, source, credit, load_best
+):
+    args = _config(tmp_path, source=source, credit=credit, load_best_model_at_end=load_best)
     before = DraftAdapterModel.for_model(target, max_draft_tokens=4)
     trainer = DraftTrainer(target, args, _prompts(6), _prompts(2, seed=1))
     final = trainer.train()
@@ -63,7 +67,15 @@ def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(tar
     assert [r["step"] for r in records if "eval_speedup" in r] == [0, 3, 6]
     assert [r["step"] for r in records if "warm_start_length" in r] == [0]
     assert {"eval_speedup", "eval_speedup_best_fixed", "eval_speedup_fixed/4"} <= set(final)
-    assert json.loads((run / "eval_results.json").read_text())["step"] == 6
+    evals = [r for r in records if "eval_speedup" in r]
+    saved = json.loads((run / "eval_results.json").read_text())
+    if load_best:  # the best evaluation's adapter, its results, and no leftover copies
+        assert saved["eval_speedup"] == max(r["eval_speedup"] for r in evals) and saved["step"] == saved["best_step"]
+        replay = simulate_drafting(adapter, trainer.eval_traces, trainer.cost_model, deterministic=True)
+        assert float(replay.speedup.mean()) == pytest.approx(saved["eval_speedup"], rel=1e-5)
+        assert not list(run.glob("best-*"))
+    else:
+        assert saved["step"] == 6 and "best_step" not in saved
     assert (run / "plots" / "speedup.png").exists() and (run / "plots" / "draft_length.png").exists()
     # The adapter drives live generation and leaves greedy output unchanged.
     inputs = _prompts(1, seed=2)[0]
