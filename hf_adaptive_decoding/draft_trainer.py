@@ -318,8 +318,8 @@ class DraftTrainer:
                 float(result.accepted.sum()),
                 float(result.cycles.sum()),
                 float(probs.detach().mean()) if len(probs) else 0.0,
-                float(loss),
-                float(entropy),
+                float(loss.detach()),
+                float(entropy.detach()),
             ],
             device=accelerator.device,
         )
@@ -406,6 +406,7 @@ class DraftTrainer:
             checkpoint = checkpointing.resolve_checkpoint(self.output_dir, resume_from_checkpoint)
             saved = checkpointing.load_checkpoint(accelerator, checkpoint)
             self.state.update({key: saved[key] for key in ("global_step", "log_history")})
+            self.state.update({key: saved[key] for key in ("best_eval_speedup", "best_step") if key in saved})
             if accelerator.is_main_process:
                 checkpointing.discard_checkpoints_after(self.output_dir, self.state["global_step"])
                 MetricsWriter(self.output_dir).truncate(self.state["global_step"])
@@ -429,7 +430,9 @@ class DraftTrainer:
         self._log({"step": step, **results})
         if results["eval_speedup"] > self.state.get("best_eval_speedup", float("-inf")):
             self.state.update(best_eval_speedup=results["eval_speedup"], best_step=step)
-            if self.accelerator.is_main_process:  # written before the checkpoint of this step that records it
+            if self.accelerator.is_main_process:
+                # Before the checkpoint that records it, and kept after the run: a resumed or extended run may
+                # still end on it. (A few copies of a small adapter.)
                 self.unwrapped_adapter.save_pretrained(self.output_dir / f"best-{step}")
 
     def _log(self, entry: dict[str, Any]) -> None:
@@ -450,8 +453,6 @@ class DraftTrainer:
             adapter = type(adapter).from_pretrained(self.output_dir / f"best-{best_step}")
             final = {**next(e for e in evals if e["step"] == best_step), "best_step": best_step}
         adapter.save_pretrained(self.output_dir)
-        for folder in self.output_dir.glob("best-*"):
-            shutil.rmtree(folder)
         (self.output_dir / "eval_results.json").write_text(json.dumps(final, indent=2))
         from .draft_reporting import plot_draft_training
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
-from hf_adaptive_decoding.draft_simulation import simulate_drafting
+from hf_adaptive_decoding.draft_simulation import CycleCostModel, simulate_drafting
 from hf_adaptive_decoding.draft_trainer import DraftTrainer, DraftTrainerConfig
 
 from .conftest import make_tiny_model
@@ -73,7 +73,7 @@ def test_training_writes_a_loadable_adapter_its_cost_model_metrics_and_plots(
         assert saved["eval_speedup"] == max(r["eval_speedup"] for r in evals) and saved["step"] == saved["best_step"]
         replay = simulate_drafting(adapter, trainer.eval_traces, trainer.cost_model, deterministic=True)
         assert float(replay.speedup.mean()) == pytest.approx(saved["eval_speedup"], rel=1e-5)
-        assert not list(run.glob("best-*"))
+        assert (run / f"best-{saved['best_step']}" / "model.safetensors").exists()
     else:
         assert saved["step"] == 6 and "best_step" not in saved
     assert (run / "plots" / "speedup.png").exists() and (run / "plots" / "draft_length.png").exists()
@@ -92,6 +92,9 @@ def test_the_warm_start_imitates_the_best_fixed_draft_length(target, tmp_path, s
         target, _config(tmp_path, source=source, warm_start_steps=60), _prompts(6), _prompts(2, seed=1)
     )
     trainer.train_traces = trainer._traces(trainer.train_prompts, "train")
+    # A fixed cost model (not this machine's timings) in which drafting 2 tokens is cheapest per token.
+    cost = CycleCostModel(source, 0.02, 0.01, 0.015, seconds_by_length=[0.015, 0.03, 0.031, 0.05, 0.06])
+    cost.to_json_file(tmp_path / "run" / "cost_model.json")
     trainer.cost_model = trainer._cost_model()
     fixed = trainer._fixed_length_speedups(trainer.train_traces)
     warm = trainer._warm_start()
