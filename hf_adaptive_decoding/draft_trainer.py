@@ -65,6 +65,8 @@ class DraftTrainerConfig:
             traces (0: start from the fresh adapter). RL then starts from the best schedule a fixed setting gives and
             explores around it, instead of from random stops that rarely hit a cheap length.
         warm_start_smoothing (`float`): label smoothing of that imitation, so that the sampled decisions still explore.
+        warm_start_learning_rate (`float`): Adam's step size for the imitation (a sharp cut at one draft length
+            needs large weights: faster than RL's).
         calibration_prompts (`int`), calibration_tokens (`int`): how much to time when fitting the cost model.
         load_best_model_at_end (`bool`): the saved adapter is the one with the best replayed validation speed-up
             among the evaluations (the one right after the warm start included), as with transformers' Trainer; the
@@ -90,6 +92,7 @@ class DraftTrainerConfig:
     entropy_coef: float = 0.01
     warm_start_steps: int = 100
     warm_start_smoothing: float = 0.1
+    warm_start_learning_rate: float = 1e-2
     calibration_prompts: int = 3
     calibration_tokens: int = 32
     load_best_model_at_end: bool = True
@@ -129,8 +132,11 @@ class DraftTrainerConfig:
             )
         if self.credit not in ("cycle", "episode"):
             raise ValueError(f"DraftTrainerConfig.credit must be 'cycle' or 'episode', got {self.credit!r}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"DraftTrainerConfig.learning_rate must be > 0, got {self.learning_rate}.")
+        if not self.learning_rate > 0 or not self.warm_start_learning_rate > 0:
+            raise ValueError(
+                f"DraftTrainerConfig.learning_rate and warm_start_learning_rate must be > 0, got {self.learning_rate} "
+                f"and {self.warm_start_learning_rate}."
+            )
         unknown = set(self.report_to) - set(REPORT_TO)
         if unknown:
             raise ValueError(f"DraftTrainerConfig.report_to has {sorted(unknown)}; allowed: {list(REPORT_TO)}.")
@@ -349,7 +355,7 @@ class DraftTrainer:
         args, accelerator = self.args, self.accelerator
         speedups = self._fixed_length_speedups(self.train_traces)
         best_length = max(speedups, key=speedups.get)
-        optimizer = torch.optim.Adam(self.adapter.parameters(), lr=args.learning_rate)
+        optimizer = torch.optim.Adam(self.adapter.parameters(), lr=args.warm_start_learning_rate)
         position = DRAFT_FEATURES.index("position")
         progress = tqdm(
             range(args.warm_start_steps),
