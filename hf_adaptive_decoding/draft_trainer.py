@@ -90,7 +90,7 @@ class DraftTrainerConfig:
     rollouts: int = 8
     credit: str = "cycle"
     entropy_coef: float = 0.01
-    warm_start_steps: int = 100
+    warm_start_steps: int = 200
     warm_start_smoothing: float = 0.1
     warm_start_learning_rate: float = 1e-2
     calibration_prompts: int = 3
@@ -253,7 +253,10 @@ class DraftTrainer:
     # ----------------------------------------------------------------------------------------------- training
 
     def train(self, resume_from_checkpoint: bool | str | os.PathLike | None = None) -> dict[str, Any]:
-        """Train for `max_steps`; `resume_from_checkpoint=True` continues from the newest complete checkpoint."""
+        """
+        Train for `max_steps`; `resume_from_checkpoint=True` continues from the newest complete checkpoint. Returns
+        the validation results of the saved adapter (`eval_results.json`).
+        """
         args, accelerator = self.args, self.accelerator
         self._prepare_output_dir(resume_from_checkpoint)
         self.train_traces = self._traces(self.train_prompts, "train")
@@ -287,9 +290,9 @@ class DraftTrainer:
             if step % args.save_steps == 0 or step == args.max_steps:
                 checkpointing.save_and_rotate(accelerator, self.output_dir, step, self.state, args.save_total_limit)
         progress.close()
-        self._finish()
+        final = self._finish()
         accelerator.end_training()
-        return {key: value for entry in self.state["log_history"] for key, value in entry.items()}
+        return final
 
     def _step(self, step: int) -> dict[str, float]:
         args, accelerator = self.args, self.accelerator
@@ -447,19 +450,21 @@ class DraftTrainer:
         if self.args.trackers:
             self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 
-    def _finish(self) -> None:
-        """Save the adapter with its cost model and validation results, and plot the run."""
-        if not self.accelerator.is_main_process:
-            return
+    def _finish(self) -> dict[str, Any]:
+        """Save the adapter with its validation results, and plot the run; returns those results."""
         adapter = self.unwrapped_adapter
         evals = [entry for entry in self.state["log_history"] if "eval_speedup" in entry]
         final = evals[-1]
         if self.args.load_best_model_at_end and "best_step" in self.state:
             best_step = self.state["best_step"]
-            adapter = type(adapter).from_pretrained(self.output_dir / f"best-{best_step}")
             final = {**next(e for e in evals if e["step"] == best_step), "best_step": best_step}
+        if not self.accelerator.is_main_process:
+            return final
+        if "best_step" in final:
+            adapter = type(adapter).from_pretrained(self.output_dir / f"best-{final['best_step']}")
         adapter.save_pretrained(self.output_dir)
         (self.output_dir / "eval_results.json").write_text(json.dumps(final, indent=2))
         from .draft_reporting import plot_draft_training
 
         plot_draft_training(self.state["log_history"], self.output_dir / "plots")
+        return final

@@ -62,9 +62,9 @@ def main() -> None:
     trainer = DraftTrainer(model, args, train, evals, draft_model=draft_model, base_model_revision=revision)
     final = trainer.train(resume_from_checkpoint=resume)
     print(
-        f"Replayed speed-up on validation: {final['eval_speedup']:.3f} (best fixed draft length: "
-        f"{final['eval_speedup_best_fixed']:.3f}). Adapter: {args.output_dir}/ (config.json, model.safetensors, "
-        "cost_model.json, eval_results.json, plots/)"
+        f"Replayed speed-up on validation of the saved adapter (step {final['step']}): {final['eval_speedup']:.3f} "
+        f"(best fixed draft length: {final['eval_speedup_best_fixed']:.3f}). Adapter: {args.output_dir}/ "
+        "(config.json, model.safetensors, cost_model.json, eval_results.json, plots/)"
     )
 
 
