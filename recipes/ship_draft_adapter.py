@@ -12,7 +12,7 @@ repo), or `AutoDecodingAdapter.from_pretrained(folder).push_to_hub(repo)` for th
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import HfArgumentParser
 
 from hf_adaptive_decoding.draft_modeling import DRAFT_FEATURES
+from hf_adaptive_decoding.draft_trainer import DraftTrainerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "model_cards" / "templates" / "shipped_draft_adapter.md"
@@ -85,8 +86,11 @@ def render_card(run_dir: Path, name: str, bench: dict) -> str:
             f"The adapter was trained for early exit at layer {settings['early_exit_layer']}, the benchmark used "
             f"{bench['settings']['early_exit_layer']}."
         )
-    defaults = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    overrides = {k: v for k, v in settings.items() if k in defaults and defaults[k] != v and k != "output_dir"}
+    # The command that reproduces the run: what differs from train_draft.py's defaults (the YAML over the dataclass).
+    defaults = {f.name: f.default for f in fields(DraftTrainerConfig) if f.default is not MISSING}
+    defaults |= yaml.safe_load(DEFAULT_CONFIG.read_text())
+    skipped = {"output_dir", "overwrite_output_dir", "disable_tqdm"}
+    overrides = {k: v for k, v in settings.items() if k in defaults and defaults[k] != v and k not in skipped}
     cost = json.loads((run_dir / "cost_model.json").read_text())
     counts = {k: count for k, _, count in cost["measurements"]}
     cost_table = _table(
@@ -131,8 +135,21 @@ def render_card(run_dir: Path, name: str, bench: dict) -> str:
         f"{bench_settings['rounds']} measured rounds after a warm-up, all sides interleaved, torch "
         f"{bench_settings['torch']} on {bench_settings['threads']} CPU threads"
     )
+    script_path = run_dir / "script_args.json"
+    script_args = json.loads(script_path.read_text()) if script_path.exists() else {}
+    for key, value in script_args.items():  # prompt counts (in the YAML) and the draft or model (not in it)
+        if key != "resume_from_checkpoint" and value is not None and defaults.get(key) != value:
+            overrides[key] = value
+    if (
+        source == "assistant_model"
+        and overrides.get("draft_model_layers", bench_settings["draft_layers"]) != (bench_settings["draft_layers"])
+    ):
+        raise ValueError(
+            f"The adapter was trained with a {overrides['draft_model_layers']}-layer draft, the benchmark used "
+            f"{bench_settings['draft_layers']} layers."
+        )
     train_args = " ".join(f"--{k} {v}" for k, v in overrides.items())
-    if source == "assistant_model":
+    if source == "assistant_model" and "draft_model_layers" not in overrides:
         train_args += f" --draft_model_layers {bench_settings['draft_layers']}"
     train_args += f" --output_dir {run_dir}"
     benchmark_args = f"--sources {source} --arithmetic {bench_settings['arithmetic']} --code {bench_settings['code']}"

@@ -9,8 +9,9 @@ Without --config, the settings of configs/train_draft.yaml apply. Every field of
 script arguments can be set in the YAML file or on the command line.
 """
 
+import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trl import TrlParser
@@ -61,6 +62,8 @@ def main() -> None:
     revision = default_model_revision() if script_args.model_name_or_path is None else None
     trainer = DraftTrainer(model, args, train, evals, draft_model=draft_model, base_model_revision=revision)
     final = trainer.train(resume_from_checkpoint=resume)
+    # What DraftTrainerConfig does not hold (prompt counts, the draft), for the card of a shipped adapter.
+    (Path(args.output_dir) / "script_args.json").write_text(json.dumps(asdict(script_args), indent=2))
     print(
         f"Replayed speed-up on validation of the saved adapter (step {final['step']}): {final['eval_speedup']:.3f} "
         f"(best fixed draft length: {final['eval_speedup_best_fixed']:.3f}). Adapter: {args.output_dir}/ "

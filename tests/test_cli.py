@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from hf_adaptive_decoding.cli import main
@@ -74,7 +76,7 @@ def test_generate_with_a_draft_adapter_shows_accepted_drafts(default_model, tmp_
     assert main(argv + ["--deterministic"]) == 0
     out = capsys.readouterr().out
     assert "prompt_lookup, up to 8 drafted tokens per cycle" in out
-    assert "24 tokens in" in out and "cycles" in out and "accepted" in out
+    assert re.search(r"\d+ tokens in \d+ cycles, .* tok/s\); drafted \d+, accepted \d+ \(\d+%\)", out)
     assert main(argv + ["--source", "early_exit"]) == 2
     assert "source='early_exit' needs early_exit_layer" in capsys.readouterr().out
     assert main(argv + ["--source", "assistant_model"]) == 2

@@ -184,6 +184,7 @@ def test_train_draft_recipe_runs_with_overrides_of_its_default_config(default_mo
     assert isinstance(adapter, DraftAdapterModel) and adapter.config.candidate_source == "prompt_lookup"
     assert adapter.config.base_model_revision == default_model_revision()
     assert json.loads((output / "cost_model.json").read_text())["source"] == "prompt_lookup"
+    assert json.loads((output / "script_args.json").read_text())["num_train_code"] == 1
 
 
 def _fake_draft_run(run: Path, source: str = "early_exit") -> None:
@@ -207,6 +208,7 @@ def _fake_draft_run(run: Path, source: str = "early_exit") -> None:
     (run / "checkpoint-4").mkdir()
     settings = {"max_steps": 4, "source": source, "early_exit_layer": 8, "max_draft_tokens": 3, "output_dir": "x"}
     (run / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"config": settings}))
+    (run / "script_args.json").write_text(json.dumps({"num_train_code": 4, "resume_from_checkpoint": None}))
     (run / "traces" / "train-abc").mkdir(parents=True)
     for index in range(5):
         (run / "traces" / "train-abc" / f"{index}.pt").write_bytes(b"")
@@ -245,6 +247,8 @@ def test_ship_draft_adapter_writes_a_hub_folder_with_a_card_of_measured_figures(
     assert "| this adapter | 13.2 | 0.943 (0.900–0.970) |" in card
     assert "(transformers constant 4), the adapter's tokens/s ratio is 1.100 (1.050–1.200 over rounds): faster" in card
     assert "There are 4 steps, on 5 prompts" in card and "tags:" in card and "draft-adapter" in card
+    assert "recipes/train_draft.py --max_steps 4 --source early_exit --early_exit_layer 8 --max_draft_tokens 3" in card
+    assert "--num_train_code 4 --output_dir" in card
 
     from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
 
