@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
@@ -147,10 +148,12 @@ def main() -> None:
         names = list(sides)
         reference = [run(p) for p in prompts]
         rates: dict[str, list[float]] = {name: [] for name in names}
+        progress = tqdm(total=(args.rounds + 1) * len(names), desc=f"{source} (round 0 warms up)", unit="side")
         with torch.inference_mode():
             for round_index in range(args.rounds + 1):
                 shift = round_index % len(names)
                 for name in names[shift:] + names[:shift]:
+                    progress.set_postfix_str(f"round {round_index}: {name}")
                     tokens, seconds = 0, 0.0
                     for prompt, expected in zip(prompts, reference, strict=True):
                         start = time.perf_counter()
@@ -161,6 +164,8 @@ def main() -> None:
                         tokens += out.shape[1] - prompt.shape[1]
                     if round_index:
                         rates[name].append(tokens / seconds)
+                    progress.update(1)
+        progress.close()
         print(f"\n{source}" + (f" (learned: {path})" if path else " (no draft adapter found: no learned side)"))
         header = f"  {'side':<26} {'tok/s':>7} {'ratio':>6}  {'min-max':<11}"
         print(header + "\n  " + "-" * (len(header) - 2))

@@ -249,6 +249,15 @@ def test_ship_draft_adapter_writes_a_hub_folder_with_a_card_of_measured_figures(
     assert "There are 4 steps, on 5 prompts" in card and "tags:" in card and "draft-adapter" in card
     assert "recipes/train_draft.py --max_steps 4 --source early_exit --early_exit_layer 8 --max_draft_tokens 3" in card
     assert "--num_train_code 4 --output_dir" in card
+    assert "A cycle that drafts nothing is priced" not in card
+
+    cost = json.loads((run / "cost_model.json").read_text())
+    cost["seconds_by_length"][0] = 0.06  # below the plain step: the card must say why the replay overstates
+    (run / "cost_model.json").write_text(json.dumps(cost))
+    command[command.index("tiny-draft")] = "tiny-draft-2"
+    assert subprocess.run(command, capture_output=True, text=True, timeout=300).returncode == 0
+    card = (tmp_path / "cards" / "tiny-draft-2" / "README.md").read_text()
+    assert "A cycle that drafts nothing is priced at 60 ms, below the plain step's 66 ms" in card
 
     from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
 
