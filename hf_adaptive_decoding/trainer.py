@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -400,6 +401,19 @@ class AdapterTrainer:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         return dataset.select(range(rank, len(dataset), world)).to_list()
 
+    @contextlib.contextmanager
+    def _eval_sampling_seed(self, chunk_index: int):
+        """Sample validation chunk `chunk_index` from a seed of its own, and leave the training RNG as it was.
+
+        The adapter and every static action then draw the same random numbers on the same chunk, and what they
+        score depends neither on the training trajectory nor on when evaluation ran.
+        """
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            torch.manual_seed(self.args.seed * 1_000_003 + chunk_index * world + rank)
+            yield
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """
@@ -410,11 +424,12 @@ class AdapterTrainer:
         rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
         device, actions = self.accelerator.device, self.unwrapped_adapter.decoding_config.action_names
         totals = torch.zeros(2 + len(actions), device=device)
-        for start in range(0, len(rows), size):
+        for chunk_index, start in enumerate(range(0, len(rows), size)):
             chunk = rows[start : start + size]
-            batch, rewards, _ = self._rollout(
-                chunk, [False] * len(chunk), [1] * len(chunk), [self.args.max_new_tokens] * len(chunk), True
-            )
+            with self._eval_sampling_seed(chunk_index):
+                batch, rewards, _ = self._rollout(
+                    chunk, [False] * len(chunk), [1] * len(chunk), [self.args.max_new_tokens] * len(chunk), True
+                )
             totals[0] += rewards.sum()
             totals[1] += len(rewards)
             totals[2:] += torch.bincount(batch.actions, minlength=len(actions)).float()
@@ -426,18 +441,21 @@ class AdapterTrainer:
 
     @torch.no_grad()
     def evaluate_static_actions(self) -> dict[str, float]:
-        """Validation reward of each action of the action space used alone, as a static `generate` setting, on the
-        same prompts, instruction and token budget as [`evaluate`]: the baselines the adapter must beat."""
+        """
+        Validation reward of each action of the action space used alone, as a static `generate` setting, on the same
+        prompts, instruction, token budget and sampling seeds as [`evaluate`]: the baselines the adapter must beat.
+        """
         rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
         results = {}
         for action in self.unwrapped_adapter.decoding_config.actions:
             totals = torch.zeros(2, device=self.accelerator.device)
-            for start in range(0, len(rows), size):
+            for chunk_index, start in enumerate(range(0, len(rows), size)):
                 chunk = rows[start : start + size]
                 encoded = self._encode(chunk, [False] * len(chunk))
-                output = self.model.generate(
-                    **encoded, **action.to_generation_kwargs(), max_new_tokens=self.args.max_new_tokens
-                )
+                with self._eval_sampling_seed(chunk_index):
+                    output = self.model.generate(
+                        **encoded, **action.to_generation_kwargs(), max_new_tokens=self.args.max_new_tokens
+                    )
                 completions = self.tokenizer.batch_decode(
                     output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
                 )

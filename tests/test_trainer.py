@@ -337,3 +337,29 @@ def test_conversational_prompts_get_the_instruction_and_conversational_completio
     encoded = trainer._encode(trainer.train_dataset.select([0]).to_list(), [False])
     text = trainer.tokenizer.decode(encoded["input_ids"][0], skip_special_tokens=True)
     assert text.startswith("Add 0 and 0.\n" + trainer.args.instruction)
+
+
+def test_validation_samples_from_its_own_seeds_and_leaves_the_training_rng_alone(tmp_path):
+    seen = []
+
+    def records(prompts, completions, **kwargs):
+        seen.append(list(completions))
+        return [0.0] * len(completions)
+
+    trainer = make_trainer(tmp_path, reward_funcs=records, eval_num_examples=8)
+
+    def validate():
+        seen.clear()
+        trainer.evaluate()
+        trainer.evaluate_static_actions()
+        return list(seen)
+
+    torch.manual_seed(1)
+    first = validate()
+    torch.manual_seed(2)
+    rng_before = torch.get_rng_state()
+    second = validate()
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert second == first
+    # Two chunks of 4 prompts each for the adapter, static greedy and static T=1: T=1 really samples.
+    assert len(first) == 6 and first[4:] != first[2:4]
