@@ -66,6 +66,14 @@ def build_default_model_cache(cache_dir: Path | None = None) -> Path:
     cache_dir = Path(cache_dir or default_model_cache_dir())
     if (cache_dir / "config.json").is_file():
         return cache_dir
+    # The rebuild initialises a model from its config, drawing from the global RNG: a seeded run must not depend on
+    # whether the cache existed before it (it did, through the adapter's initialisation).
+    with torch.random.fork_rng(devices=[]):
+        _dequantise_into(cache_dir)
+    return cache_dir
+
+
+def _dequantise_into(cache_dir: Path) -> None:
     gguf_folder = _gguf_folder()
     logger.warning("De-quantising %s once into %s (about half a minute).", DEFAULT_MODEL_GGUF, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=DEFAULT_MODEL_GGUF)
@@ -95,7 +103,6 @@ def build_default_model_cache(cache_dir: Path | None = None) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return cache_dir
 
 
 def _remove_stale_staging(cache_dir: Path, older_than_seconds: float = 3600) -> None:

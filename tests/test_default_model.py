@@ -57,6 +57,15 @@ def test_cache_build_is_atomic(tmp_path, monkeypatch):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_building_the_cache_leaves_the_global_rng_alone(tmp_path):
+    """A seeded run initialises its adapter alike whether or not this load had to build the cache first."""
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    default_model_module.build_default_model_cache(tmp_path / "cache")
+    assert (tmp_path / "cache" / "config.json").is_file()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_forced_greedy_adapter_matches_greedy_generate(default_model, math_prompts):
     model, tokenizer = default_model
     config = AdaptiveDecodingConfig.from_preset("math-token")
