@@ -405,8 +405,8 @@ class AdapterTrainer:
     def _eval_sampling_seed(self, chunk_index: int):
         """Sample validation chunk `chunk_index` from a seed of its own, and leave the training RNG as it was.
 
-        The adapter and every static action then draw the same random numbers on the same chunk, and what they
-        score depends neither on the training trajectory nor on when evaluation ran.
+        The adapter and every static action start each chunk from the same RNG state, and what they score depends
+        neither on the training trajectory nor on when evaluation ran.
         """
         device = self.accelerator.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
