@@ -40,7 +40,7 @@ from transformers import PreTrainedModel
 
 from hf_adaptive_decoding import AdaptiveDecodingConfig, AutoDecodingAdapter, arithmetic_dataset, encode_chat
 from hf_adaptive_decoding.default_model import load_default_model
-from hf_adaptive_decoding.rollout import generate_rollouts
+from hf_adaptive_decoding.generation.rollout import generate_rollouts
 
 INSTRUCTION = "Provide the final answer within \\boxed{}."
 SIDES = ("plain", "rollout/token", "rollout/seq")

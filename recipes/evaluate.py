@@ -23,8 +23,8 @@ from transformers import set_seed
 from trl import TrlParser
 
 from hf_adaptive_decoding import load_default_model
-from hf_adaptive_decoding.evaluation import Decoder, evaluate_decoders
-from hf_adaptive_decoding.evaluation_report import plot_evaluation, results_table
+from hf_adaptive_decoding.evaluation.evaluate import Decoder, evaluate_decoders
+from hf_adaptive_decoding.evaluation.report import plot_evaluation, results_table
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "evaluate.yaml"
 

@@ -28,7 +28,7 @@ from transformers import set_seed
 from trl import TrlParser
 
 from hf_adaptive_decoding import AdaptiveDecodingConfig, DecodingAction, candidate_pool, load_default_model
-from hf_adaptive_decoding.action_selection import (
+from hf_adaptive_decoding.evaluation.action_selection import (
     best_of_k_curve,
     evaluate_strategies,
     greedy_coverage,

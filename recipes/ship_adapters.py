@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import HfArgumentParser
 
 from hf_adaptive_decoding import DecodingAction
-from hf_adaptive_decoding.evaluation_report import plot_evaluation, results_table
+from hf_adaptive_decoding.evaluation.report import plot_evaluation, results_table
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "templates" / "shipped_adapter.md"
 # run folder -> (short name, decoder name in the evaluation, one-line summary)

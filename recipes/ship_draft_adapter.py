@@ -19,8 +19,8 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import HfArgumentParser
 
-from hf_adaptive_decoding.draft_modeling import DRAFT_FEATURES
-from hf_adaptive_decoding.draft_trainer import DraftTrainerConfig
+from hf_adaptive_decoding.speculative.modeling import DRAFT_FEATURES
+from hf_adaptive_decoding.speculative.trainer import DraftTrainerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "model_cards" / "templates" / "shipped_draft_adapter.md"

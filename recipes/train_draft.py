@@ -17,11 +17,11 @@ from pathlib import Path
 from trl import TrlParser
 
 from hf_adaptive_decoding import load_default_model
-from hf_adaptive_decoding.checkpointing import complete_checkpoints
 from hf_adaptive_decoding.default_model import default_model_revision
-from hf_adaptive_decoding.draft_prompts import builtin_draft_prompts
-from hf_adaptive_decoding.draft_sources import layer_dropped_draft
-from hf_adaptive_decoding.draft_trainer import DraftTrainer, DraftTrainerConfig
+from hf_adaptive_decoding.speculative.prompts import builtin_draft_prompts
+from hf_adaptive_decoding.speculative.sources import layer_dropped_draft
+from hf_adaptive_decoding.speculative.trainer import DraftTrainer, DraftTrainerConfig
+from hf_adaptive_decoding.training.checkpointing import complete_checkpoints
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "train_draft.yaml"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tests.test_trainer import make_trainer
+from tests.training.test_trainer import make_trainer
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1])

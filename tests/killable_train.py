@@ -5,8 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from hf_adaptive_decoding import checkpointing
-from tests.test_trainer import make_trainer
+from hf_adaptive_decoding.training import checkpointing
+from tests.training.test_trainer import make_trainer
 
 if __name__ == "__main__":
     folder, moment = Path(sys.argv[1]), sys.argv[2]

@@ -34,7 +34,8 @@ def test_bad_adapter_path_is_a_clean_error(capsys):
 
 @pytest.mark.slow
 def test_shipped_adapters_are_listed_and_loaded_by_short_name(default_model, tmp_path, monkeypatch, capsys):
-    from hf_adaptive_decoding import AdaptiveDecodingConfig, AutoDecodingAdapter, shipped
+    from hf_adaptive_decoding import AdaptiveDecodingConfig, AutoDecodingAdapter
+    from hf_adaptive_decoding.adapters import shipped
 
     model, _ = default_model
     config = AdaptiveDecodingConfig.from_preset("math-token", context_features="entropy")
@@ -49,7 +50,8 @@ def test_shipped_adapters_are_listed_and_loaded_by_short_name(default_model, tmp
 
 
 def test_draft_adapters_are_listed_with_their_source(llama, tmp_path, monkeypatch, capsys):
-    from hf_adaptive_decoding import DraftAdapterModel, shipped
+    from hf_adaptive_decoding import DraftAdapterModel
+    from hf_adaptive_decoding.adapters import shipped
 
     DraftAdapterModel.for_model(llama, candidate_source="prompt_lookup").save_pretrained(tmp_path / "my-draft")
     monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path)
@@ -58,7 +60,7 @@ def test_draft_adapters_are_listed_with_their_source(llama, tmp_path, monkeypatc
 
 
 def test_adapters_command_without_shipped_adapters(tmp_path, monkeypatch, capsys):
-    from hf_adaptive_decoding import shipped
+    from hf_adaptive_decoding.adapters import shipped
 
     monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path / "none")
     assert main(["adapters"]) == 0

@@ -67,7 +67,7 @@ def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from _training import ScriptArguments, load_data
 
-    for dataset, path in [("gsm8k", "tests/data/gsm8k/test.jsonl"), ("math", "tests/data/math")]:
+    for dataset, path in [("gsm8k", "tests/fixtures/gsm8k/test.jsonl"), ("math", "tests/fixtures/math")]:
         args = ScriptArguments(
             dataset=dataset, dataset_path=str(ROOT / path), num_eval_examples=2, num_train_examples=9
         )
@@ -79,7 +79,7 @@ def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
     train, evaluation = load_data(ScriptArguments(dataset="humaneval", num_train_examples=200, num_eval_examples=16))
     assert (len(train), len(evaluation)) == (148, 16)
     assert not set(train["task_id"]) & set(evaluation["task_id"])
-    folder = str(ROOT / "tests/data/code_contests")
+    folder = str(ROOT / "tests/fixtures/code_contests")
     args = ScriptArguments(
         dataset="code_contests", dataset_path=folder, eval_split="test", num_train_examples=3, num_eval_examples=3
     )
@@ -113,7 +113,7 @@ def test_reproduce_script_runs_every_step_resumes_and_ships_loadable_adapters(de
     import shutil
 
     from hf_adaptive_decoding import AutoDecodingAdapter
-    from hf_adaptive_decoding.shipped import shipped_adapters
+    from hf_adaptive_decoding.adapters.shipped import shipped_adapters
 
     shutil.copytree(ROOT / "recipes", tmp_path / "recipes", ignore=shutil.ignore_patterns("results"))
     shutil.copytree(ROOT / "model_cards" / "templates", tmp_path / "model_cards" / "templates")
@@ -190,8 +190,7 @@ def test_train_draft_recipe_runs_with_overrides_of_its_default_config(default_mo
 def _fake_draft_run(run: Path, source: str = "early_exit") -> None:
     """What recipes/train_draft.py leaves in its output_dir, on a tiny target."""
     from hf_adaptive_decoding import DraftAdapterModel
-
-    from .conftest import make_tiny_model
+    from tests.conftest import make_tiny_model
 
     DraftAdapterModel.for_model(make_tiny_model("llama"), max_draft_tokens=3, candidate_source=source).save_pretrained(
         run

@@ -1,0 +1,2 @@
+"""Datasets and prompts: GSM8K / MATH / HumanEval / CodeContests loaders, the built-in arithmetic tasks, prompt
+encoding."""

@@ -1,0 +1,1 @@
+"""REINFORCE training of decoding adapters: config, trainer, objectives, checkpoints, metrics, plots and cards."""

@@ -1,0 +1,119 @@
+"""The REINFORCE pieces of adapter training: reward aggregation, baselines, and the policy-gradient loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..adapters.modeling import DecodingAdapterModel
+from ..generation.rollout import RolloutBatch
+
+
+def pass_at_k(num_samples: torch.Tensor, num_correct: torch.Tensor, k: int) -> torch.Tensor:
+    """Unbiased pass@k from `n` samples of which `c` are correct (Chen et al., 2021): `1 - C(n-c, k) / C(n, k)`."""
+    n, c = num_samples.double(), num_correct.double()
+    # C(n-c, k) / C(n, k) = prod_{i=0}^{k-1} (n - c - i) / (n - i), zero as soon as a factor is.
+    i = torch.arange(k, dtype=torch.float64, device=n.device)
+    ratio = ((n[:, None] - c[:, None] - i).clamp(min=0) / (n[:, None] - i)).prod(dim=-1)
+    return (1 - ratio).float()
+
+
+def aggregate_rewards(
+    rewards: torch.Tensor, group: torch.LongTensor, num_groups: int, how: str, k: int | None = None
+) -> torch.Tensor:
+    """
+    Sequence level: the reward of each action from the rewards of its `B` samples.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(rows,)`): per-sample rewards.
+        group (`torch.LongTensor` of shape `(rows,)`): the action (decision) each sample belongs to.
+        num_groups (`int`): number of decisions.
+        how (`str`): `"mean"`, `"best_of_b"` or `"pass@k"` (samples with reward > 0.5 count as correct).
+        k (`int`, *optional*): `k` of pass@k.
+    """
+    counts = torch.zeros(num_groups, device=rewards.device).index_add_(0, group, torch.ones_like(rewards))
+    if how == "mean":
+        return torch.zeros(num_groups, device=rewards.device).index_add_(0, group, rewards) / counts
+    if how == "best_of_b":
+        best = torch.full((num_groups,), -math.inf, device=rewards.device)
+        return best.scatter_reduce(0, group, rewards, reduce="amax")
+    correct = torch.zeros(num_groups, device=rewards.device).index_add_(0, group, (rewards > 0.5).float())
+    return pass_at_k(counts, correct, k)
+
+
+def advantages(
+    rewards: torch.Tensor, prompt: torch.LongTensor, baseline: str, moving_average: float | None = None
+) -> torch.Tensor:
+    """
+    `reward - baseline` per rollout.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(n,)`): one reward per rollout of the whole step (all processes).
+        prompt (`torch.LongTensor` of shape `(n,)`): the prompt each rollout answers.
+        baseline (`str`): `"batch_mean"`, `"leave_one_out"` (mean of the prompt's other rollouts; the batch's other
+            rollouts when a prompt has only one) or `"moving_average"` (`moving_average`, or the batch mean before
+            there is one).
+    """
+    if baseline == "moving_average":
+        return rewards - (rewards.mean() if moving_average is None else moving_average)
+    if baseline == "batch_mean":
+        return rewards - rewards.mean()
+    num_prompts = int(prompt.max()) + 1
+    totals = torch.zeros(num_prompts, device=rewards.device).index_add_(0, prompt, rewards)
+    counts = torch.zeros(num_prompts, device=rewards.device).index_add_(0, prompt, torch.ones_like(rewards))
+    if bool((counts[prompt] > 1).all()):
+        return rewards - (totals[prompt] - rewards) / (counts[prompt] - 1)
+    if len(rewards) == 1:
+        return torch.zeros_like(rewards)
+    return rewards - (rewards.sum() - rewards) / (len(rewards) - 1)
+
+
+def policy_loss(
+    adapter: torch.nn.Module,
+    batch: RolloutBatch,
+    decision_advantages: torch.Tensor,
+    decision_weights: torch.Tensor,
+    beta: float,
+    normalizer: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """
+    REINFORCE with an entropy bonus, `-(sum_d w_d A_d log pi(a_d | x_d) + beta sum_d w_d H(pi(. | x_d))) / sum_d w_d`,
+    over the batch's decisions `d`, recomputed with gradients from the recorded features.
+
+    Args:
+        adapter: the adapter (or its distributed wrapper) to differentiate.
+        batch ([`RolloutBatch`]): the rollouts.
+        decision_advantages (`torch.Tensor` of shape `(decisions,)`): the advantage each decision is credited with.
+        decision_weights (`torch.Tensor` of shape `(decisions,)`): 1 for decisions in the loss, 0 for masked ones.
+        beta (`float`): the entropy coefficient.
+        normalizer (`torch.Tensor` or `float`, *optional*): what to divide by instead of this batch's `sum_d w_d`.
+            With data parallelism, pass `(sum of w_d over all processes) / num_processes`: the averaged gradient is
+            then that of the whole step's mean, however the kept decisions fall across processes.
+    """
+    logits = adapter(batch.features, batch.budgets).logits.float()
+    log_probs = logits.log_softmax(dim=-1)
+    chosen = log_probs.gather(-1, batch.actions[:, None]).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    total = (decision_weights.sum() if normalizer is None else torch.as_tensor(normalizer)).clamp(min=1e-8)
+    pg_loss = -(decision_weights * decision_advantages * chosen).sum() / total
+    mean_entropy = (decision_weights * entropy).sum() / total
+    return pg_loss - beta * mean_entropy, {"pg_loss": pg_loss.detach(), "entropy": mean_entropy.detach()}
+
+
+def decision_weights_and_advantages(
+    adapter: DecodingAdapterModel,
+    batch: RolloutBatch,
+    rollout_advantages: torch.Tensor,
+    rollout_keep: torch.Tensor,
+    max_prob_threshold: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Credit each decision with its rollout's advantage and weight it 0 when its rollout was filtered out or (token
+    level) its step's next-token max probability exceeds `max_prob_threshold`.
+    """
+    advantage = rollout_advantages[batch.decision_rows]
+    weight = rollout_keep[batch.decision_rows].float()
+    if adapter.level == "token" and max_prob_threshold is not None:
+        weight = weight * (batch.max_probs <= max_prob_threshold).float()
+    return advantage, weight

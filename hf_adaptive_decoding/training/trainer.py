@@ -1,0 +1,498 @@
+"""`AdapterTrainer`: REINFORCE training of a decoding adapter on a frozen language model, through Accelerate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..adapters.modeling import DecodingAdapterModel
+from ..data.prompting import encode_prompts
+from ..generation.rollout import RolloutBatch, generate_rollouts
+from ..rewards.math_rewards import score_completions
+from . import checkpointing, reporting
+from .config import AdapterTrainerConfig
+from .objectives import advantages, aggregate_rewards, decision_weights_and_advantages, policy_loss
+
+logger = logging.getLogger(__name__)
+
+RewardFunc = Callable[..., list]
+# Settings that may differ when a run is resumed without changing what it computes until its old end.
+RESUMABLE_CHANGES = {
+    "max_steps",
+    "output_dir",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "report_to",
+    "run_name",
+    "disable_tqdm",
+    "plot",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "overwrite_output_dir",
+}
+
+
+class AdapterTrainer:
+    """
+    Trains a decoding adapter with REINFORCE on verifiable rewards; the language model stays frozen.
+
+    Each step, every process takes its share of `per_device_train_batch_size` prompts and rolls them out with the
+    adapter choosing the decoding actions (token level: one per generated token, from `[h_t; b_t]`; sequence level:
+    one per prompt and draw, from `[e; B]`, shared by its `B` samples). Rewards come from `reward_funcs`; the
+    advantages `reward - baseline` are computed over the whole step (all processes), and the adapter is updated on
+    the gradient of `-(A log pi(a | x) + beta H(pi(. | x)))` averaged over its decisions, gradients synchronised by
+    Accelerate.
+
+    The paper's two stabilisations (Section 2.3) are `max_prob_threshold`, which leaves out of the loss the token
+    steps where the language model's next-token max probability exceeds it (the action barely matters there), and
+    `filter_prompts`: a prompt whose `num_generations` rollouts all get the same reward (all wrong: too sparse to
+    learn from; all right: nothing to improve) is left out of the update. Such prompts carry no signal with a
+    per-prompt baseline and only add noise with a batch baseline. `filter_fraction` in the metrics says how many were
+    left out.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): the causal LM; put in eval mode, its weights are never touched.
+        adapter ([`DecodingAdapterModel`]): the policy to train (e.g. `AutoDecodingAdapter.for_model(model, ...)`).
+        reward_funcs (`Callable` or `list[Callable]`): TRL-style reward functions,
+            `f(prompts, completions, **dataset_columns) -> list[float | None]`.
+        args ([`AdapterTrainerConfig`], *optional*): the settings.
+        train_dataset (`datasets.Dataset`): rows with a `prompt` column (a question, or a list of chat messages);
+            other columns reach the reward functions as keyword arguments.
+        eval_dataset (`datasets.Dataset`, *optional*): held-out rows to validate the deterministic policy on.
+        processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*): the tokenizer (with a chat
+            template); loaded from the model's name when not given.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        adapter: DecodingAdapterModel,
+        reward_funcs: RewardFunc | Sequence[RewardFunc],
+        args: AdapterTrainerConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+    ):
+        self.args = args = args if args is not None else AdapterTrainerConfig()
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
+        if not isinstance(adapter, DecodingAdapterModel):
+            raise ValueError(f"`adapter` must be a DecodingAdapterModel, got {type(adapter).__name__}.")
+        adapter.check_compatible(model)
+        self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not self.reward_funcs or not all(callable(func) for func in self.reward_funcs):
+            raise ValueError(
+                f"reward_funcs must be a callable or a non-empty list of callables, got {reward_funcs!r}."
+            )
+        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"reward_weights has {len(args.reward_weights)} values for {len(self.reward_funcs)} reward functions."
+            )
+        self.train_dataset = _check_dataset(train_dataset, "train_dataset")
+        self.eval_dataset = _check_dataset(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+        self.tokenizer = processing_class or AutoTokenizer.from_pretrained(model.name_or_path, padding_side="left")
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if args.filter_prompts and args.num_generations < 2:
+            logger.warning("filter_prompts needs num_generations >= 2 to compare a prompt's rollouts; it is off.")
+
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision, log_with=args.trackers or None, project_dir=args.output_dir
+        )
+        set_seed(args.seed, device_specific=True)
+        self.model = model.to(self.accelerator.device).eval().requires_grad_(False)
+        optimizer = torch.optim.Adam(
+            adapter.parameters(),
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.weight_decay,
+        )
+        # The scheduler is not passed to `prepare`: Accelerate would step it once per process, and the exponential
+        # decay is per update. It is checkpointed with the rest.
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+        self.adapter, self.optimizer = self.accelerator.prepare(adapter.to(self.accelerator.device), optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.state: dict[str, Any] = {"global_step": 0, "moving_average": None, "log_history": []}
+        self.output_dir = Path(args.output_dir)
+        self._epoch_order: tuple[int, list[int]] = (-1, [])
+        self._last_eval: dict[str, Any] | None = None
+        if max(args.token_budgets) < args.max_new_tokens and adapter.level == "token":
+            logger.warning(
+                "token_budgets=%s: token-level training never uses more than %d new tokens, although "
+                "max_new_tokens=%d (validation uses max_new_tokens).",
+                args.token_budgets,
+                max(args.token_budgets),
+                args.max_new_tokens,
+            )
+
+    # ----------------------------------------------------------------------------------------------- data
+
+    @property
+    def unwrapped_adapter(self) -> DecodingAdapterModel:
+        return self.accelerator.unwrap_model(self.adapter)
+
+    def _train_indices(self, step: int) -> list[int]:
+        """This process's prompts for `step`: a fresh seeded permutation of the dataset per epoch, split by rank."""
+        size, per_device = len(self.train_dataset), self.args.per_device_train_batch_size
+        start = (step * self.accelerator.num_processes + self.accelerator.process_index) * per_device
+        indices = []
+        for position in range(start, start + per_device):
+            epoch, offset = divmod(position, size)
+            if self._epoch_order[0] != epoch:
+                generator = torch.Generator().manual_seed(self.args.seed + epoch)
+                self._epoch_order = (epoch, torch.randperm(size, generator=generator).tolist())
+            indices.append(self._epoch_order[1][offset])
+        return indices
+
+    def _uses_cot(self, index: int) -> bool:
+        return random.Random(f"{self.args.seed}:cot:{index}").random() < self.args.cot_ratio
+
+    def _encode(self, rows: list[dict], cot: list[bool]) -> dict[str, torch.Tensor]:
+        """Chat-template the prompts with the CoT or the direct instruction (see [`encode_prompts`])."""
+        instructions = [self.args.cot_instruction if use_cot else self.args.instruction for use_cot in cot]
+        prompts = [row["prompt"] for row in rows]
+        return encode_prompts(self.tokenizer, prompts, instructions, self.args.system_prompt, self.accelerator.device)
+
+    # ----------------------------------------------------------------------------------------------- rollouts
+
+    def _rollout(
+        self, rows: list[dict], cot: list[bool], num_samples: list[int], budgets: list[int], deterministic: bool
+    ) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
+        """Generate for `rows` (one decision source each) and score every sample."""
+        encoded = self._encode(rows, cot)
+        adapter = self.unwrapped_adapter.eval()
+        device = self.accelerator.device
+        batch = generate_rollouts(
+            self.model,
+            adapter,
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            num_samples=torch.tensor(num_samples, device=device),
+            token_budgets=torch.tensor(budgets, device=device),
+            deterministic=deterministic,
+        )
+        ids = batch.completion_ids.masked_fill(~batch.completion_mask, self.tokenizer.pad_token_id)
+        completions = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        sample_rows = [rows[i] for i in batch.input_index.tolist()]
+        rewards, per_func = self._score(sample_rows, completions)
+        return batch, rewards.to(device), per_func.to(device)
+
+    def _score(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        args = self.args
+        return score_completions(
+            self.reward_funcs, rows, completions, args.reward_weights, args.reward_timeout, args.failure_reward
+        )
+
+    def _training_rollout(self, step: int):
+        """Roll out this process's prompts for `step`. Returns the batch, per-sample rewards, and per rollout unit
+        (token level: a trajectory; sequence level: a draw of an action) its reward and its prompt."""
+        args, adapter = self.args, self.unwrapped_adapter
+        indices = self._train_indices(step)
+        rows = self.train_dataset.select(indices).to_list()
+        cot = [self._uses_cot(index) for index in indices]
+        draw = random.Random(f"{args.seed}:budget:{step}:{self.accelerator.process_index}")
+        generations = args.num_generations
+        if adapter.level == "token":
+            budgets = [draw.choice(args.token_budgets) for _ in rows]
+            batch, rewards, per_func = self._rollout(rows, cot, [generations] * len(rows), budgets, False)
+            unit_rewards = rewards
+        else:
+            parallel = [draw.choice(args.parallel_budgets) for _ in rows]
+            repeat = lambda values: [value for value in values for _ in range(generations)]  # noqa: E731
+            batch, rewards, per_func = self._rollout(
+                repeat(rows), repeat(cot), repeat(parallel), [args.max_new_tokens] * len(rows) * generations, False
+            )
+            unit_rewards = aggregate_rewards(
+                rewards, batch.input_index, len(rows) * generations, args.reward_aggregation, args.pass_k
+            )
+        unit_prompt = torch.arange(len(rows), device=rewards.device).repeat_interleave(generations)
+        return batch, rewards, per_func, unit_rewards, unit_prompt, cot
+
+    # ----------------------------------------------------------------------------------------------- update
+
+    def _advantages(self, unit_rewards: torch.Tensor, unit_prompt: torch.Tensor):
+        """Advantages and kept-mask of this process's units, computed over the whole step (all processes)."""
+        args, accelerator = self.args, self.accelerator
+        offset = accelerator.process_index * args.per_device_train_batch_size
+        all_rewards = accelerator.gather(unit_rewards)
+        all_prompts = accelerator.gather(unit_prompt + offset)
+        all_advantages = advantages(all_rewards, all_prompts, args.baseline, self.state["moving_average"])
+        if args.scale_advantages:
+            all_advantages = all_advantages / (all_rewards.std(unbiased=False) + 1e-4)
+        keep = torch.ones_like(all_rewards, dtype=torch.bool)
+        if args.filter_prompts and args.num_generations >= 2:
+            grouped = all_rewards.view(-1, args.num_generations)
+            keep = (grouped.amax(-1) > grouped.amin(-1)).repeat_interleave(args.num_generations)
+        mean = float(all_rewards.mean())
+        previous = self.state["moving_average"]
+        momentum = args.baseline_momentum
+        self.state["moving_average"] = mean if previous is None else momentum * previous + (1 - momentum) * mean
+        mine = slice(
+            accelerator.process_index * len(unit_rewards), (accelerator.process_index + 1) * len(unit_rewards)
+        )
+        return all_advantages[mine], keep[mine], all_rewards, keep
+
+    def _update(self, batch: RolloutBatch, unit_advantages: torch.Tensor, unit_keep: torch.Tensor):
+        args = self.args
+        advantage, weight = decision_weights_and_advantages(
+            self.unwrapped_adapter, batch, unit_advantages, unit_keep, args.max_prob_threshold
+        )
+        # With disable_dropout, the policy that is differentiated is the one that acted in the rollout.
+        self.adapter.train(not args.disable_dropout)
+        normalizer = self.accelerator.reduce(weight.sum(), "sum") / self.accelerator.num_processes
+        with self.accelerator.autocast():
+            loss, parts = policy_loss(self.adapter, batch, advantage, weight, args.beta, normalizer)
+        self.accelerator.backward(loss)
+        grad_norm = self.accelerator.clip_grad_norm_(self.adapter.parameters(), args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), parts, weight, torch.as_tensor(grad_norm).detach()
+
+    # ----------------------------------------------------------------------------------------------- loop
+
+    def train(self, resume_from_checkpoint: bool | str | os.PathLike | None = None) -> dict[str, Any]:
+        """
+        Train for `max_steps` updates, validating every `eval_steps` and checkpointing every `save_steps`.
+
+        Args:
+            resume_from_checkpoint (`bool` or `str`, *optional*): `True` resumes from the newest complete checkpoint
+                in `output_dir`, a path from that checkpoint; the run then continues exactly as if uninterrupted.
+
+        Returns:
+            `dict`: the final metrics (the last logged training metrics and validation results).
+        """
+        args, accelerator = self.args, self.accelerator
+        self._prepare_output_dir(resume_from_checkpoint)
+        if args.trackers:
+            # Trackers' hyperparameter tables take scalars only (tensorboard refuses lists and None).
+            config = {
+                key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+                for key, value in args.to_dict().items()
+            }
+            accelerator.init_trackers(args.run_name or "hf_adaptive_decoding", config=config)
+        writer = reporting.MetricsWriter(self.output_dir, enabled=accelerator.is_main_process)
+        progress = tqdm(
+            total=args.max_steps,
+            initial=self.state["global_step"],
+            desc="Training adapter",
+            disable=args.disable_tqdm or not accelerator.is_local_main_process,
+        )
+        while self.state["global_step"] < args.max_steps:
+            step = self.state["global_step"]
+            start = time.perf_counter()
+            batch, rewards, per_func, unit_rewards, unit_prompt, cot = self._training_rollout(step)
+            rollout_time = time.perf_counter() - start
+            unit_advantages, unit_keep, all_unit_rewards, all_keep = self._advantages(unit_rewards, unit_prompt)
+            loss, parts, weight, grad_norm = self._update(batch, unit_advantages, unit_keep)
+            update_time = time.perf_counter() - start - rollout_time
+            self.state["global_step"] = step = step + 1
+            metrics = reporting.step_metrics(
+                accelerator,
+                self.unwrapped_adapter,
+                batch,
+                rewards,
+                per_func,
+                weight,
+                self.reward_funcs,
+                cot,
+                rollout_time=rollout_time,
+                update_time=update_time,
+                max_prob_threshold=args.max_prob_threshold,
+            )
+            metrics.update(
+                loss=float(accelerator.reduce(loss, "mean")),
+                entropy=float(accelerator.reduce(parts["entropy"], "mean")),
+                grad_norm=float(grad_norm),
+                learning_rate=self.scheduler.get_last_lr()[0],
+                reward_aggregated=float(all_unit_rewards.mean()),
+                reward_std=float(all_unit_rewards.std()) if len(all_unit_rewards) > 1 else 0.0,
+                filter_fraction=float(1 - all_keep.float().mean()),
+                epoch=step * args.per_device_train_batch_size * accelerator.num_processes / len(self.train_dataset),
+            )
+            progress.update(1)
+            progress.set_postfix(reward=f"{metrics['reward']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+            if step % args.logging_steps == 0 or step == args.max_steps:
+                self._log(writer, {"step": step, **metrics})
+            if (
+                self.eval_dataset is not None
+                and args.eval_steps
+                and (step % args.eval_steps == 0 or step == args.max_steps)
+            ):
+                self._last_eval = {"step": step, **self.evaluate()}
+                self._log(writer, self._last_eval)
+            if step % args.save_steps == 0 or step == args.max_steps:
+                checkpointing.save_and_rotate(accelerator, self.output_dir, step, self.state, args.save_total_limit)
+        progress.close()
+        self._finish()
+        accelerator.end_training()
+        return {key: value for entry in self.state["log_history"] for key, value in entry.items()}
+
+    def _prepare_output_dir(self, resume_from_checkpoint: bool | str | os.PathLike | None) -> None:
+        """Resume (dropping whatever a previous attempt wrote after the checkpoint), or start in a fresh folder."""
+        args, accelerator = self.args, self.accelerator
+        self.state["config"], self.state["num_processes"] = args.to_dict(), accelerator.num_processes
+        if resume_from_checkpoint:
+            checkpoint = checkpointing.resolve_checkpoint(self.output_dir, resume_from_checkpoint)
+            saved = checkpointing.load_checkpoint(accelerator, checkpoint)
+            changed = sorted(
+                key
+                for key, value in saved.get("config", {}).items()
+                if key not in RESUMABLE_CHANGES and self.state["config"].get(key) != value
+            )
+            if changed or saved.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+                logger.warning(
+                    "Resuming %s with other settings than it was saved with (%s; processes %s -> %d): the run will "
+                    "not continue as it would have uninterrupted.",
+                    checkpoint,
+                    ", ".join(changed) or "none",
+                    saved.get("num_processes"),
+                    accelerator.num_processes,
+                )
+            self.state.update({key: saved[key] for key in ("global_step", "moving_average", "log_history")})
+            if accelerator.is_main_process:
+                checkpointing.discard_checkpoints_after(self.output_dir, self.state["global_step"])
+                reporting.MetricsWriter(self.output_dir).truncate(self.state["global_step"])
+            logger.info("Resumed from %s at step %d.", checkpoint, self.state["global_step"])
+        elif checkpointing.complete_checkpoints(self.output_dir) or (self.output_dir / "metrics.jsonl").exists():
+            if not args.overwrite_output_dir:
+                raise ValueError(
+                    f"output_dir {str(self.output_dir)!r} already holds a training run. Pass "
+                    "resume_from_checkpoint=True to continue it, overwrite_output_dir=True to start over there, or "
+                    "another output_dir."
+                )
+            if accelerator.is_main_process:
+                checkpointing.discard_checkpoints_after(self.output_dir, -1)
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+
+    def _log(self, writer: reporting.MetricsWriter, entry: dict[str, Any]) -> None:
+        self.state["log_history"].append(entry)
+        writer.write(entry)
+        if self.args.trackers:
+            self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
+        redraw = "eval_reward" in entry or entry["step"] == self.args.max_steps
+        if self.args.plot and redraw and self.accelerator.is_main_process:
+            reporting.plot_training(self.state["log_history"], self.output_dir / "plots")
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+
+    def _eval_rows(self) -> list[dict]:
+        dataset = self.eval_dataset
+        if self.args.eval_num_examples is not None:
+            dataset = dataset.select(range(min(self.args.eval_num_examples, len(dataset))))
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        return dataset.select(range(rank, len(dataset), world)).to_list()
+
+    @contextlib.contextmanager
+    def _eval_sampling_seed(self, chunk_index: int):
+        """Sample validation chunk `chunk_index` from a seed of its own, and leave the training RNG as it was.
+
+        The adapter and every static action start each chunk from the same RNG state, and what they score depends
+        neither on the training trajectory nor on when evaluation ran.
+        """
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            torch.manual_seed(self.args.seed * 1_000_003 + chunk_index * world + rank)
+            yield
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """
+        Validation reward of the deterministic policy (its most likely action at every decision; the action itself
+        may still sample), one sample per prompt with the direct instruction: token level with budget
+        `max_new_tokens`, sequence level with `B = 1`. Also the share of each action among its decisions.
+        """
+        rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
+        device, actions = self.accelerator.device, self.unwrapped_adapter.decoding_config.action_names
+        totals = torch.zeros(2 + len(actions), device=device)
+        for chunk_index, start in enumerate(range(0, len(rows), size)):
+            chunk = rows[start : start + size]
+            with self._eval_sampling_seed(chunk_index):
+                batch, rewards, _ = self._rollout(
+                    chunk, [False] * len(chunk), [1] * len(chunk), [self.args.max_new_tokens] * len(chunk), True
+                )
+            totals[0] += rewards.sum()
+            totals[1] += len(rewards)
+            totals[2:] += torch.bincount(batch.actions, minlength=len(actions)).float()
+        totals = self.accelerator.reduce(totals, "sum")
+        shares = totals[2:] / totals[2:].sum().clamp(min=1)
+        result = {"eval_reward": float(totals[0] / totals[1].clamp(min=1)), "eval_num_prompts": int(totals[1])}
+        result.update({f"eval_action_share/{name}": float(share) for name, share in zip(actions, shares, strict=True)})
+        return result
+
+    @torch.no_grad()
+    def evaluate_static_actions(self) -> dict[str, float]:
+        """
+        Validation reward of each action of the action space used alone, as a static `generate` setting, on the same
+        prompts, instruction, token budget and sampling seeds as [`evaluate`]: the baselines the adapter must beat.
+        """
+        rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
+        results = {}
+        for action in self.unwrapped_adapter.decoding_config.actions:
+            totals = torch.zeros(2, device=self.accelerator.device)
+            for chunk_index, start in enumerate(range(0, len(rows), size)):
+                chunk = rows[start : start + size]
+                encoded = self._encode(chunk, [False] * len(chunk))
+                with self._eval_sampling_seed(chunk_index):
+                    output = self.model.generate(
+                        **encoded, **action.to_generation_kwargs(), max_new_tokens=self.args.max_new_tokens
+                    )
+                completions = self.tokenizer.batch_decode(
+                    output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
+                )
+                rewards, _ = self._score(chunk, completions)
+                totals += torch.tensor([float(rewards.sum()), len(rewards)], device=totals.device)
+            totals = self.accelerator.reduce(totals, "sum")
+            results[action.name] = float(totals[0] / totals[1].clamp(min=1))
+        return results
+
+    def _finish(self) -> None:
+        """Save the final adapter with its model card next to the checkpoints; push it when asked."""
+        args, accelerator = self.args, self.accelerator
+        evaluation = None
+        if self.eval_dataset is not None:
+            last = self._last_eval
+            adapter_reward = last if last and last["step"] == self.state["global_step"] else self.evaluate()
+            evaluation = {"adapter": adapter_reward["eval_reward"], "static": self.evaluate_static_actions()}
+        if not accelerator.is_main_process:
+            return
+        adapter = self.unwrapped_adapter
+        adapter.save_pretrained(self.output_dir)
+        card = reporting.adapter_model_card(
+            adapter, args, self.train_dataset, self.reward_funcs, evaluation, self.state["log_history"]
+        )
+        card.save(self.output_dir / "README.md")
+        if evaluation is not None:
+            (self.output_dir / "eval_results.json").write_text(json.dumps(evaluation, indent=2))
+        if args.push_to_hub:
+            adapter.push_to_hub(args.hub_model_id, private=args.hub_private_repo)
+            card.push_to_hub(args.hub_model_id)
+
+
+def _check_dataset(dataset: Any, name: str) -> Dataset:
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"{name} must be a datasets.Dataset with a 'prompt' column, got {type(dataset).__name__}.")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"{name} needs a 'prompt' column; its columns are {dataset.column_names}.")
+    if len(dataset) == 0:
+        raise ValueError(f"{name} is empty: there is nothing to train or validate on.")
+    return dataset

@@ -1,0 +1,69 @@
+import re
+
+import pytest
+
+from hf_adaptive_decoding.data.tasks import FAMILIES, arithmetic_dataset
+
+
+def solve(question: str) -> int:
+    """An independent solver for the generated wordings."""
+    if match := re.fullmatch(r"What is (-?\d+) ([-+*/]) (\d+)\?", question):
+        a, op, b = int(match[1]), match[2], int(match[3])
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+    numbers = [int(n) for n in re.findall(r"\d+", question)]
+    if "more" in question:
+        return numbers[0] + numbers[1]
+    if "gives away" in question:
+        return numbers[0] - numbers[1]
+    return numbers[0] * numbers[1]
+
+
+def test_answers_are_correct_and_columns_present():
+    dataset = arithmetic_dataset("train", num_examples=300, seed=1)
+    assert len(dataset) == 300
+    assert set(dataset.column_names) >= {"prompt", "answer", "family", "level", "key"}
+    for row in dataset:
+        assert int(row["answer"]) == solve(row["prompt"]), row
+        if row["family"] == "division":
+            a, b = map(int, re.findall(r"\d+", row["prompt"]))
+            assert a % b == 0
+
+
+def test_deterministic_by_seed_and_spread_over_families_and_levels():
+    first = arithmetic_dataset("validation", num_examples=150, seed=3)
+    assert first["prompt"] == arithmetic_dataset("validation", num_examples=150, seed=3)["prompt"]
+    assert first["prompt"] != arithmetic_dataset("validation", num_examples=150, seed=4)["prompt"]
+    counts = {(f, lv): 0 for f in FAMILIES for lv in (1, 2, 3)}
+    for row in first:
+        counts[(row["family"], row["level"])] += 1
+    assert set(counts.values()) == {10}
+    assert len(set(first["key"])) == 150
+
+
+def test_splits_are_disjoint_whatever_the_seed():
+    keys = {
+        split: set(arithmetic_dataset(split, num_examples=n, seed=seed, levels=(2, 3))["key"])
+        for split, n, seed in [("train", 900, 0), ("validation", 100, 1), ("test", 100, 2)]
+    }
+    assert not keys["train"] & keys["validation"] and not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+
+
+def test_families_and_levels_filter():
+    dataset = arithmetic_dataset("test", num_examples=20, families=["multiplication"], levels=[1])
+    assert set(dataset["family"]) == {"multiplication"} and set(dataset["level"]) == {1}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"split": "dev"}, "split"),
+        ({"families": ["calculus"]}, "calculus"),
+        ({"levels": [4]}, "levels"),
+        ({"num_examples": 0}, "num_examples"),
+        ({"families": ["addition"], "levels": [1], "num_examples": 500, "split": "test"}, "distinct"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        arithmetic_dataset(**kwargs)

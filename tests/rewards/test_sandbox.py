@@ -1,0 +1,1116 @@
+"""
+Adversarial tests of the sandbox, driven through the code reward the way a trainer uses it.
+
+Every attack runs in both styles where that means something: a HumanEval-style row (`add(a, b)`, the program serves
+the judge's `check` calls from a process of its own) and a CodeContests-style row (read two ints, print the sum).
+An attack that *worked* is written to produce the right answer (reward 1.0), so a reward of 0.0 is also the proof
+that it failed; besides, every call must return in bounded time, leave no process behind, leave the canary files,
+the package's sources and the secrets of the host untouched, and reach none of the host's listening sockets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hf_adaptive_decoding.rewards import sandbox as sandbox_module
+from hf_adaptive_decoding.rewards.code_rewards import make_code_reward
+from hf_adaptive_decoding.rewards.sandbox import (
+    JUDGE_PATH,
+    SANDBOX_JUDGE_PATH,
+    Sandbox,
+    SandboxConfig,
+    processes_of,
+)
+
+# No skip without bwrap: the suite holds the bubblewrap sandbox to its promises, and a machine where it cannot run
+# must show up red (the sandbox then says how to install it), not as skipped tests.
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces")
+
+TIMEOUT = 3.0
+TEST_TIMEOUT = 1.5
+MEMORY_MB = 256
+WORKERS = 2
+# A token of this test session: every sandboxed process has it in its environment (through `extra_env`), and
+# bubblewrap has it on its command line, so that survivors are found even when other sessions use sandboxes too.
+TOKEN = secrets.token_hex(8)
+# Uids of our own: other test sessions on this machine may use the default range at the same time.
+UID_BASE = 1_600_000_000 + secrets.randbelow(1 << 20) * 16
+REPO = Path(__file__).resolve().parents[2]
+SECRET_NAME = "HFAD_CANARY_SECRET"
+
+
+def make_config(**overrides) -> SandboxConfig:
+    values = {
+        "isolation": "bubblewrap",
+        "timeout": TIMEOUT,
+        "test_timeout": TEST_TIMEOUT,
+        "memory_mb": MEMORY_MB,
+        "num_workers": WORKERS,
+        "uid_base": UID_BASE,
+        "extra_env": {"HFAD_SANDBOX_TEST_TOKEN": TOKEN},
+    }
+    values.update(overrides)
+    return SandboxConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def reward():
+    reward = make_code_reward(make_config())
+    yield reward
+    reward.sandbox.close()
+
+
+@pytest.fixture(scope="module")
+def patient_reward():
+    """A long timeout, to show that some failures come quickly, not from the deadline."""
+    reward = make_code_reward(make_config(timeout=10.0, test_timeout=8.0))
+    yield reward
+    reward.sandbox.close()
+
+
+def sandbox_uids(reward) -> set[int]:
+    uids = set()
+    for slot in getattr(reward.sandbox, "slots", range(reward.sandbox.config.num_workers)):
+        pair = reward.sandbox.uids(slot)
+        if pair is not None:
+            uids.update(pair)
+    return uids
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
+def leftovers(uids: set[int], marker: str) -> list[str]:
+    """Live processes of the sandbox: a sandbox uid, the attack's marker on the command line, or our session token in
+    the environment or on the command line (bubblewrap's `--setenv`)."""
+    by_uid = set(processes_of(uids)) if uids else set()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        cmdline = _read(f"/proc/{entry}/cmdline")
+        environ = _read(f"/proc/{entry}/environ")
+        if int(entry) in by_uid or marker.encode() in cmdline or TOKEN.encode() in cmdline + environ:
+            shown = cmdline.replace(b"\0", b" ")[:200].decode(errors="replace")
+            found.append(f"{entry}: {shown}")
+    return found
+
+
+def assert_no_leftovers(uids: set[int], marker: str, grace: float = 3.0) -> None:
+    """The sandbox's processes die with it; the kernel may need a moment to tear its PID namespace down."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = leftovers(uids, marker)
+        if not found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not found, f"processes outlived the sandbox: {found}"
+
+
+def visible_in_sandbox(path: Path) -> bool:
+    """Whether the sandbox sees `path` (read-only): bubblewrap hides /tmp, /var/tmp, /dev/shm, /root, /home, /run and
+    the home folder behind empty folders."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    hidden = ["/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/run"] + ([home] if home != "/" else [])
+    real = os.path.realpath(path)
+    return not any(real == folder or real.startswith(folder + "/") for folder in hidden)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        path.name: (path.read_bytes() if path.is_file() else b"", stat.S_IMODE(path.stat().st_mode))
+        for path in folder.iterdir()
+    }
+
+
+def _free_bytes(path: str) -> int:
+    return shutil.disk_usage(path).free
+
+
+class Host:
+    """What the attacks try to reach on the host: canary files (world-writable, in world-writable folders), the
+    package's sources, /etc/hostname, a secret in the environment of this process and of a `trainer` process, and
+    listening sockets on the loopback interface and in the abstract unix namespace."""
+
+    def __init__(self, tmp_path: Path, monkeypatch) -> None:
+        self.secret = "hfad-secret-" + secrets.token_hex(16)
+        monkeypatch.setenv(SECRET_NAME, self.secret)
+        self.marker = "hfad-attack-" + secrets.token_hex(8)
+        # Canary folders: one the sandbox hides (under pytest's tmp_path), /tmp itself, and one it sees read-only.
+        self.folders = [tmp_path / "canaries"]
+        self.folders[0].mkdir()
+        # The checkout when the sandbox sees it; else (a checkout under /tmp or /home, as in CI) a system folder.
+        parents = [p for p in (REPO, Path("/var/lib"), Path("/var/cache")) if p.is_dir() and os.access(p, os.W_OK)]
+        parent = next((p for p in parents if visible_in_sandbox(p)), None)
+        self.visible = parent / f".hfad-sandbox-canaries-{secrets.token_hex(4)}" if parent else None
+        if self.visible is not None:
+            self.visible.mkdir()
+            self.folders.append(self.visible)
+        self.files = []
+        for folder in self.folders:
+            os.chmod(folder, 0o777)
+            path = folder / "canary.txt"
+            path.write_text(f"canary {secrets.token_hex(8)}\n")
+            os.chmod(path, 0o666)
+            self.files.append(path)
+        self.tmp_canary = Path(f"/tmp/hfad-canary-{secrets.token_hex(6)}.txt")
+        self.tmp_canary.write_text(f"canary {secrets.token_hex(8)}\n")
+        os.chmod(self.tmp_canary, 0o666)
+        self.files.append(self.tmp_canary)
+        self.contents = {path: (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) for path in self.files}
+        self.listings = {folder: _snapshot(folder) for folder in self.folders}
+        # The package's sources: other people may edit them while the tests run, so these are checked for the
+        # attack's traces (its marker, a deletion, a truncation, a new mode), never compared or written back.
+        self.protected = [JUDGE_PATH, JUDGE_PATH.parent / "sandbox.py"]
+        self.protected_modes = {path: stat.S_IMODE(path.stat().st_mode) for path in self.protected}
+        self.hostname = _read("/etc/hostname")
+        # A stand-in for the trainer: the secret is in its initial environment (what /proc/<pid>/environ shows).
+        self.trainer = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            env={**os.environ, SECRET_NAME: self.secret},
+        )
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.bind(("127.0.0.1", 0))
+        self.tcp.listen(8)
+        self.tcp.setblocking(False)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.setblocking(False)
+        self.abstract_name = f"\0hfad-canary-{secrets.token_hex(6)}"
+        self.abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.abstract.bind(self.abstract_name)
+        self.abstract.listen(8)
+        self.abstract.setblocking(False)
+        self.free = {path: _free_bytes(path) for path in ("/", "/tmp", "/dev/shm")}
+
+    @property
+    def host_pids(self) -> list[int]:
+        return [os.getpid(), os.getppid(), self.trainer.pid]
+
+    def context(self) -> dict[str, object]:
+        """Values substituted for `@NAME@` in the attacks' sources (repr, except the marker)."""
+        targets = [*map(str, self.files), *map(str, self.protected), SANDBOX_JUDGE_PATH, "/etc/hostname"]
+        return {
+            "MARKER": self.marker,
+            "TARGETS": targets,
+            "FOLDERS": [*map(str, self.folders), "/etc", str(JUDGE_PATH.parent)],
+            "VISIBLE": str(self.visible) if self.visible else "/nonexistent",
+            "HOST_PIDS": self.host_pids,
+            "TCP_PORT": self.tcp.getsockname()[1],
+            "UDP_PORT": self.udp.getsockname()[1],
+            "ABSTRACT": self.abstract_name,
+            "MEMORY_MB": MEMORY_MB,
+        }
+
+    def check(self) -> None:
+        """Everything on the host is as it was."""
+        for path, (content, mode) in self.contents.items():
+            assert path.exists(), f"canary {path} was deleted"
+            assert path.read_bytes() == content, f"canary {path} was overwritten"
+            assert stat.S_IMODE(path.stat().st_mode) == mode, f"canary {path} changed mode"
+        for folder, listing in self.listings.items():
+            assert _snapshot(folder) == listing, f"folder {folder} changed"
+        for path in self.protected:
+            assert path.exists(), f"{path} was deleted"
+            content = path.read_bytes()
+            assert content, f"{path} was truncated"
+            assert self.marker.encode() not in content, f"{path} was written to by a sandboxed program"
+            assert stat.S_IMODE(path.stat().st_mode) == self.protected_modes[path], f"{path} changed mode"
+        assert _read("/etc/hostname") == self.hostname
+        assert os.environ.get(SECRET_NAME) == self.secret
+        assert self.trainer.poll() is None, "the host's trainer process was killed"
+        for listener in (self.tcp, self.abstract):
+            try:
+                connection, _ = listener.accept()
+            except BlockingIOError:
+                continue
+            connection.close()
+            pytest.fail(f"the host's listener {listener.getsockname()!r} received a connection from the sandbox")
+        try:
+            data = self.udp.recvfrom(100)
+        except BlockingIOError:
+            data = None
+        assert data is None, f"the host's UDP socket received {data!r} from the sandbox"
+        for path, before in self.free.items():
+            assert before - _free_bytes(path) < 128 << 20, f"free space on {path} dropped"
+        subprocess.run(["true"], check=True, timeout=10)  # the host can still start processes
+
+    def close(self) -> None:
+        self.trainer.kill()
+        self.trainer.wait()
+        for sock in (self.tcp, self.udp, self.abstract):
+            sock.close()
+        self.tmp_canary.unlink(missing_ok=True)
+        if self.visible is not None:
+            shutil.rmtree(self.visible, ignore_errors=True)
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    host = Host(tmp_path, monkeypatch)
+    yield host
+    host.close()
+
+
+# --- problems ------------------------------------------------------------------------------------------------------
+
+ADD_PROMPT = 'import math\n\n\ndef add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n'
+# Uses `abs`, `math.isclose` and `isinstance`, which attacks try to patch.
+ADD_TEST = textwrap.dedent(
+    """
+    def check(candidate):
+        assert candidate(1, 2) == 3
+        assert abs(candidate(-5, 5) - 0) < 1e-9
+        assert math.isclose(candidate(10, 32), 42)
+        assert isinstance(candidate(0, 0), int)
+    """
+)
+ADD_INPUTS = ["1 2\n", "40 2\n", "-5 5\n"]
+ADD_OUTPUTS = ["3\n", "42\n", "0\n"]
+# Two lines of output per test: the sum, then the product.
+TWO_LINES_INPUTS = ["1 2\n", "3 4\n"]
+TWO_LINES_OUTPUTS = ["3\n2\n", "7\n12\n"]
+LEAK_PROMPT = 'def leak() -> str:\n    """Return the secret."""\n'
+
+HE_CORRECT = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+CC_CORRECT = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+
+
+@dataclass
+class Case:
+    name: str
+    style: str  # "he" (HumanEval style) or "cc" (CodeContests style)
+    code: str
+    problem: str = "add"  # "add", "leak" (the answer is the host's secret), "two_lines" (CodeContests only)
+
+
+def he(name: str, code: str, problem: str = "add") -> Case:
+    return Case(name, "he", textwrap.dedent(code), problem)
+
+
+def cc(name: str, code: str, problem: str = "add") -> Case:
+    return Case(name, "cc", textwrap.dedent(code), problem)
+
+
+def render(code: str, context: dict[str, object]) -> str:
+    for name, value in context.items():
+        code = code.replace(f"@{name}@", value if name == "MARKER" else repr(value))
+    assert not re.search(r"@[A-Z_]+@", code), f"unrendered placeholder in {code}"
+    return code
+
+
+def rows(cases: list[Case], host: Host) -> tuple[list, list, dict]:
+    """Prompts, completions and dataset columns for `cases`, every attack source marked and rendered."""
+    context = host.context()
+    prompts, completions = [], []
+    columns = {name: [] for name in ("test", "entry_point", "code_prompt", "test_inputs", "test_outputs")}
+    for case in cases:
+        code = render(case.code, context)
+        if case.style == "he":
+            if case.problem == "leak":
+                prompt, test, entry_point = (
+                    LEAK_PROMPT,
+                    f"def check(candidate):\n    assert candidate() == {host.secret!r}\n",
+                    "leak",
+                )
+            else:
+                prompt, test, entry_point = ADD_PROMPT, ADD_TEST, "add"
+            values = {"test": test, "entry_point": entry_point, "code_prompt": prompt}
+        else:
+            inputs, outputs = {
+                "add": (ADD_INPUTS, ADD_OUTPUTS),
+                "two_lines": (TWO_LINES_INPUTS, TWO_LINES_OUTPUTS),
+                "leak": (["\n"], [host.secret + "\n"]),
+            }[case.problem]
+            values = {"test_inputs": inputs, "test_outputs": outputs}
+            prompt = "Read two integers and print their sum."
+        prompts.append(prompt)
+        completions.append(f"# {host.marker}\n{code}" if case.name != "correct" else code)
+        for name in columns:
+            columns[name].append(values.get(name))
+    return prompts, completions, columns
+
+
+def call(reward, cases: list[Case], host: Host) -> tuple[list, float]:
+    prompts, completions, columns = rows(cases, host)
+    start = time.monotonic()
+    scores = reward(prompts, completions, **columns)
+    return scores, time.monotonic() - start
+
+
+def wall_bound(n_rows: int, timeout: float = TIMEOUT) -> float:
+    return math.ceil(n_rows / WORKERS) * (timeout + 1.0) + 2.0
+
+
+def assert_contained(reward, host: Host, cases: list[Case], scores: list, elapsed: float) -> None:
+    config = reward.sandbox.config
+    assert elapsed < wall_bound(len(cases), config.timeout), f"took {elapsed:.1f} s"
+    assert_no_leftovers(sandbox_uids(reward), host.marker)
+    host.check()
+    expected = [1.0 if case.name == "correct" else 0.0 for case in cases]
+    failed = [
+        case.name + "/" + case.style
+        for case, score, want in zip(cases, scores, expected, strict=True)
+        if score != want
+    ]
+    assert not failed, f"unexpected rewards for {failed}: {scores}"
+
+
+# --- the attacks ---------------------------------------------------------------------------------------------------
+
+IGNORE_SIGNALS = """
+import signal, time
+for number in range(1, signal.NSIG):
+    try:
+        signal.signal(number, signal.SIG_IGN)
+    except (OSError, ValueError, RuntimeError):
+        pass
+
+def stubborn():
+    while True:
+        try:
+            while True:
+                try:
+                    time.sleep(0.5)
+                except BaseException:
+                    pass
+        except BaseException:
+            pass
+"""
+
+ORPHAN = """
+import os, sys
+
+def spawn_orphan():
+    # Double fork and a new session: the grandchild belongs to no one we know, holds no pipe, has no environment.
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            code = "import signal, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\ntime.sleep(600)  # @MARKER@"
+            os.execve(sys.executable, [sys.executable, "-c", code], {})
+        os._exit(0)
+    os.wait()
+"""
+
+HOG = """
+def hog():
+    blocks, total_mb = [], 0
+    try:
+        while True:
+            blocks.append(bytearray(16 << 20))
+            total_mb += 16
+    except MemoryError:
+        pass
+    del blocks
+    try:
+        huge = bytearray(10**10)
+        total_mb += len(huge) >> 20
+    except MemoryError:
+        pass
+    return total_mb
+
+breached = hog() > 2 * @MEMORY_MB@
+"""
+
+VANDALIZE = """
+import os, shutil
+
+def vandalize():
+    hits = []
+    for path in @TARGETS@:
+        if not os.path.lexists(path):
+            continue  # hidden from the sandbox: writing it would only create a file in the sandbox's own /tmp
+        actions = [
+            lambda: open(path, "a").write("pwned by @MARKER@"),
+            lambda: open(path, "w").write("pwned by @MARKER@"),
+            lambda: os.chmod(path, 0o777),
+            lambda: os.truncate(path, 0),
+            lambda: os.rename(path, path + ".moved"),
+            lambda: os.remove(path),
+        ]
+        for action in actions:
+            try:
+                action()
+                hits.append(path)
+            except BaseException:
+                pass
+    for folder in @FOLDERS@:
+        if not os.path.isdir(folder):
+            continue
+        try:
+            with open(os.path.join(folder, "intruder.txt"), "w") as file:
+                file.write("pwned by @MARKER@")
+            hits.append(folder)
+        except BaseException:
+            pass
+    for folder in @FOLDERS@[:2]:
+        if not os.path.isdir(folder):
+            continue
+        try:
+            shutil.rmtree(folder)
+            hits.append(folder)
+        except BaseException:
+            pass
+    return hits
+
+breached = bool(vandalize())
+"""
+
+FILL = """
+import os
+
+def fill():
+    total, chunk = 0, b"\\0" * (1 << 20)
+    folders = ("/tmp", "/var/tmp", "/dev/shm", os.getcwd(), os.path.expanduser("~"), @VISIBLE@, "/")
+    for number, folder in enumerate(folders):
+        for index in range(10**6):
+            try:
+                with open(os.path.join(folder, f"fill-{number}-{index}"), "wb", buffering=0) as file:
+                    for _ in range(16):
+                        total += file.write(chunk)
+                        if total > 1 << 30:
+                            return total
+            except BaseException:
+                break
+    return total
+
+# Three tmpfs of 64 MiB hold 192 MiB at most.
+breached = fill() > 256 << 20
+"""
+
+CONNECT = """
+import socket
+
+def connect():
+    reached = []
+    for host, port in (("1.1.1.1", 53), ("1.1.1.1", 443), ("pypi.org", 443), ("127.0.0.1", @TCP_PORT@)):
+        try:
+            connection = socket.create_connection((host, port), timeout=1)
+            connection.sendall(b"hello from the sandbox")
+            reached.append(host)
+        except BaseException:
+            pass
+    try:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.settimeout(0.5)
+        udp.sendto(b"hello", ("127.0.0.1", @UDP_PORT@))
+        # A DNS query for pypi.org to a public resolver.
+        query = bytes.fromhex("abcd01000001000000000000") + b"\\x04pypi\\x03org\\x00\\x00\\x01\\x00\\x01"
+        udp.sendto(query, ("1.1.1.1", 53))
+        udp.recvfrom(512)
+        reached.append("dns")
+    except BaseException:
+        pass
+    try:
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.settimeout(1)
+        unix.connect(@ABSTRACT@)
+        reached.append("abstract")
+    except BaseException:
+        pass
+    return reached
+
+breached = bool(connect())
+"""
+
+FIND_SECRET = """
+import os, re
+
+def find_secret():
+    pattern = re.compile(rb"hfad-secret-[0-9a-f]{32}")
+    blobs = [repr(dict(os.environ)).encode()]
+    pids = ["self", "1", str(os.getppid()), *map(str, @HOST_PIDS@), *(p for p in os.listdir("/proc") if p.isdigit())]
+    budget = 64 << 20
+    for pid in pids:
+        for name in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb") as file:
+                    blobs.append(file.read())
+            except OSError:
+                pass
+        if pid == "self" or pid == str(os.getpid()):
+            continue
+        try:  # the judge holds the expected answer: its memory
+            with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+                for line in maps:
+                    low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                    if high - low > budget:
+                        continue
+                    try:
+                        mem.seek(low)
+                        blobs.append(mem.read(high - low))
+                        budget -= high - low
+                    except (OSError, ValueError, OverflowError):
+                        pass
+        except OSError:
+            pass
+    for blob in blobs:
+        match = pattern.search(blob)
+        if match:
+            return match.group().decode()
+    return "nothing found"
+"""
+
+FAKE_REPORTS = """
+import atexit, json, os, sys
+FAKE_FUNCTION = json.dumps({"passed": True, "error": None})
+FAKE_STDIO = json.dumps({"outputs": ["3\\n", "42\\n", "0\\n"], "errors": [None, None, None]})
+FAKES = (FAKE_FUNCTION + "\\n" + FAKE_STDIO + "\\n").encode()
+
+def fake_reports():
+    print(FAKE_FUNCTION)
+    print(FAKE_STDIO)
+    print(FAKE_FUNCTION, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd in range(1, 11):
+        try:
+            os.write(fd, FAKES)
+        except OSError:
+            pass
+    for path in (f"/proc/{os.getppid()}/fd/1", f"/proc/{os.getppid()}/fd/2", "/proc/1/fd/1", "/dev/tty"):
+        try:
+            with open(path, "wb") as file:
+                file.write(FAKES)
+        except OSError:
+            pass
+
+atexit.register(lambda: print(FAKE_FUNCTION, FAKE_STDIO, sep="\\n"))
+"""
+
+PATCH_JUDGE = """
+import builtins, math, sys
+builtins.AssertionError = type("AssertionError", (Exception,), {})
+builtins.abs = lambda value: 0
+math.isclose = lambda *args, **kwargs: True
+sys.modules["math"].isclose = lambda *args, **kwargs: True
+
+def check(candidate):
+    pass
+"""
+
+KILL_OTHERS = """
+import os, signal
+
+def kill_others():
+    for pid in [os.getppid(), 1, *@HOST_PIDS@]:
+        for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def attacks() -> dict[str, list[Case]]:
+    """Every attack, by name: its HumanEval-style and CodeContests-style rows."""
+    return {
+        "infinite_loop": [
+            he("loop", "def add(a, b):\n    while True:\n        pass\n"),
+            cc("loop", "while True:\n    pass\n"),
+        ],
+        "sleep_forever": [
+            he(
+                "sleep",
+                "import threading, time\n\ndef add(a, b):\n    time.sleep(10**6)\n    threading.Event().wait()\n",
+            ),
+            cc("sleep", "import select, time\ntime.sleep(10**6)\nselect.select([], [], [])\n"),
+        ],
+        "ignore_signals": [
+            he("signals", IGNORE_SIGNALS + "\ndef add(a, b):\n    stubborn()\n"),
+            he("signals_at_load", IGNORE_SIGNALS + "\nstubborn()\n\ndef add(a, b):\n    return a + b\n"),
+            cc("signals", IGNORE_SIGNALS + "\nstubborn()\n"),
+        ],
+        "fork_bomb": [
+            he(
+                "fork_bomb",
+                "import os\n\ndef add(a, b):\n    while True:\n"
+                "        try:\n            os.fork()\n        except BaseException:\n            pass\n",
+            ),
+            cc(
+                "fork_bomb",
+                "import os\nwhile True:\n    try:\n        os.fork()\n    except BaseException:\n        pass\n",
+            ),
+        ],
+        "orphan": [
+            # The orphan is the attack: the answers are wrong on purpose.
+            he("orphan", ORPHAN + "\ndef add(a, b):\n    spawn_orphan()\n    return a + b + 1\n"),
+            he("orphan_at_load", ORPHAN + "\nspawn_orphan()\n\ndef add(a, b):\n    return a - b\n"),
+            cc("orphan", ORPHAN + "\nspawn_orphan()\nprint('no answer')\n"),
+        ],
+        "memory_bomb": [
+            he("memory", HOG + "\ndef add(a, b):\n    return a + b if breached else a - b\n"),
+            he("huge_bytearray", "def add(a, b):\n    data = bytearray(10**10)\n    return a + b + len(data) * 0\n"),
+            cc("memory", HOG + "\na, b = map(int, input().split())\nprint(a + b if breached else a - b)\n"),
+            cc("huge_bytearray", "data = bytearray(10**10)\na, b = map(int, input().split())\nprint(a + b)\n"),
+        ],
+        "vandalize_files": [
+            he("vandalize", VANDALIZE + "\ndef add(a, b):\n    return a + b if breached or vandalize() else a - b\n"),
+            cc("vandalize", VANDALIZE + "\na, b = map(int, input().split())\nprint(a + b if breached else a - b)\n"),
+        ],
+        "fill_disk": [
+            he("fill", FILL + "\ndef add(a, b):\n    return a + b if breached else a - b\n"),
+            cc("fill", FILL + "\na, b = map(int, input().split())\nprint(a + b if breached else a - b)\n"),
+        ],
+        "network": [
+            he("network", CONNECT + "\ndef add(a, b):\n    return a + b if breached or connect() else a - b\n"),
+            cc("network", CONNECT + "\na, b = map(int, input().split())\nprint(a + b if breached else a - b)\n"),
+        ],
+        "read_secret": [
+            # The expected answer is the secret itself: a leak would score 1.
+            he("secret", FIND_SECRET + "\ndef leak():\n    return find_secret()\n", problem="leak"),
+            cc("secret", FIND_SECRET + "\nprint(find_secret())\n", problem="leak"),
+        ],
+        "flood_output": [
+            he(
+                "stdout",
+                "import sys\n\ndef add(a, b):\n"
+                "    for _ in range(1024):\n        sys.stdout.write('x' * (1 << 20))\n    return a + b\n",
+            ),
+            he(
+                "stderr",
+                "import sys\n\ndef add(a, b):\n"
+                "    for _ in range(1024):\n        sys.stderr.write('x' * (1 << 20))\n    return a + b\n",
+            ),
+            he("huge_answer", "def add(a, b):\n    return [a + b] * (30 << 20)\n"),
+            cc("stdout", "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n"),
+            cc("stdout_one_line", "import os\nwhile True:\n    os.write(1, b'3' * (1 << 20))\n"),
+            cc("stderr", "import sys\nwhile True:\n    sys.stderr.write('x' * (1 << 20))\n"),
+        ],
+        "closed_stdout": [
+            he(
+                "closed_stdout",
+                "import os\n\ndef add(a, b):\n    os.close(1)\n    os.close(2)\n    while True:\n        pass\n",
+            ),
+            cc("closed_stdout", "import os\nos.close(1)\nos.close(2)\nwhile True:\n    pass\n"),
+        ],
+        "exit_early": [
+            he("sys_exit_at_load", "import sys\n\ndef add(a, b):\n    return a + b\n\nsys.exit(0)\n"),
+            he("os_exit_at_load", "import os\n\ndef add(a, b):\n    return a + b\n\nos._exit(0)\n"),
+            he("sys_exit_in_call", "import sys\n\ndef add(a, b):\n    sys.exit(0)\n"),
+            he("os_exit_in_call", "import os\n\ndef add(a, b):\n    os._exit(0)\n"),
+            cc("sys_exit", "import sys\nsys.exit(0)\nprint(sum(map(int, input().split())))\n"),
+            cc("os_exit", "import os\nos._exit(0)\n"),
+            cc("os_exit_unflushed", "import os\nprint(sum(map(int, input().split())))\nos._exit(0)\n"),
+        ],
+        "partial_output": [
+            cc("first_line_only", "a, b = map(int, input().split())\nprint(a + b)\n", problem="two_lines"),
+            cc(
+                "extra_line",
+                "a, b = map(int, input().split())\nprint(a + b)\nprint(a * b)\nprint(0)\n",
+                problem="two_lines",
+            ),
+            cc("one_line", "a, b = map(int, input().split())\nprint(a + b, a * b)\n", problem="two_lines"),
+            cc(
+                "prefix",
+                "a, b = map(int, input().split())\nprint(a + b)\nprint(str(a * b)[:-1])\n",
+                problem="two_lines",
+            ),
+        ],
+        "lying_equality": [
+            he(
+                "always_equal",
+                """
+                class AlwaysEqual:
+                    def __eq__(self, other):
+                        return True
+                    def __ne__(self, other):
+                        return False
+                    __hash__ = object.__hash__
+
+                def add(a, b):
+                    return AlwaysEqual()
+            """,
+            ),
+            he(
+                "lying_int",
+                """
+                class Liar(int):
+                    __eq__ = lambda self, other: True
+                    __ne__ = lambda self, other: False
+                    __lt__ = __gt__ = lambda self, other: True
+                    __sub__ = __rsub__ = lambda self, other: 0
+                    __hash__ = int.__hash__
+
+                def add(a, b):
+                    return Liar(-1)
+            """,
+            ),
+            he(
+                "lying_str",
+                """
+                class Liar(str):
+                    __eq__ = lambda self, other: True
+                    __ne__ = lambda self, other: False
+                    __hash__ = str.__hash__
+
+                def add(a, b):
+                    return Liar("wrong")
+            """,
+            ),
+            he(
+                "lying_list",
+                """
+                class Liar(list):
+                    __eq__ = lambda self, other: True
+                    __ne__ = lambda self, other: False
+
+                def add(a, b):
+                    return Liar()
+            """,
+            ),
+            he(
+                "lying_float",
+                """
+                class Liar(float):
+                    __eq__ = lambda self, other: True
+                    __ne__ = lambda self, other: False
+                    __hash__ = float.__hash__
+
+                def add(a, b):
+                    return Liar("nan")
+            """,
+            ),
+            he(
+                "fake_class",
+                """
+                class Impostor:
+                    __class__ = property(lambda self: int)
+                    __eq__ = lambda self, other: True
+                    __ne__ = lambda self, other: False
+                    __hash__ = object.__hash__
+
+                def add(a, b):
+                    return Impostor()
+            """,
+            ),
+        ],
+        "tamper_with_judge": [
+            he("patch_builtins", PATCH_JUDGE + FAKE_REPORTS + "\ndef add(a, b):\n    fake_reports()\n    return -1\n"),
+            # Last: it breaks the candidate's own encoding of answers too.
+            he(
+                "patch_isinstance",
+                "import builtins\nbuiltins.isinstance = lambda *args: True\n\ndef add(a, b):\n    return -1\n",
+            ),
+            he("fake_report_at_load", FAKE_REPORTS + "\nfake_reports()\n\ndef add(a, b):\n    return -1\n"),
+            he(
+                "fake_report_in_error",
+                'def add(a, b):\n    raise AssertionError(\'\\n{"passed": true, "error": null}\\n\')\n',
+            ),
+            cc("fake_report", FAKE_REPORTS + "\nfake_reports()\n"),
+            cc("fake_report_atexit", FAKE_REPORTS + "\nimport sys\nsys.exit(0)\n"),
+        ],
+        "kill": [
+            he("kill_others", KILL_OTHERS + "\ndef add(a, b):\n    kill_others()\n    return a - b\n"),
+            he("kill_own_group", "import os\n\ndef add(a, b):\n    os.killpg(0, 9)\n"),
+            he("kill_everything", "import os\n\ndef add(a, b):\n    os.kill(-1, 9)\n"),
+            cc("kill_others", KILL_OTHERS + "\nkill_others()\nprint('no answer')\n"),
+            cc("kill_own_group", "import os\nos.killpg(0, 9)\n"),
+            cc("kill_everything", "import os\nos.kill(-1, 9)\n"),
+        ],
+        "crash": [
+            he("recursion", "import sys\nsys.setrecursionlimit(10**9)\n\ndef add(a, b):\n    return add(a, b) + 1\n"),
+            he("segfault", "import ctypes\n\ndef add(a, b):\n    return ctypes.string_at(0) and a + b\n"),
+            cc(
+                "recursion", "import sys\nsys.setrecursionlimit(10**9)\n\ndef f(n):\n    return f(n + 1) + 1\n\nf(0)\n"
+            ),
+            cc("segfault", "import ctypes\nctypes.string_at(0)\n"),
+        ],
+        "enormous_integer": [
+            he("power", "def add(a, b):\n    return 10**(10**10)\n"),
+            he("return_big", "def add(a, b):\n    return 10**100000\n"),
+            he(
+                "return_big_unlimited",
+                "import sys\nsys.set_int_max_str_digits(0)\n\ndef add(a, b):\n    return 10**100000\n",
+            ),
+            cc("power", "print(10**(10**10))\n"),
+            cc("print_big", "print(10**100000)\n"),
+            cc("print_big_unlimited", "import sys\nsys.set_int_max_str_digits(0)\nprint(10**100000)\n"),
+        ],
+        "blocking_input": [
+            he("input", "def add(a, b):\n    return int(input()) + b\n"),
+            cc("too_many_inputs", "a, b = map(int, input().split())\ninput()\nprint(a + b)\n"),
+        ],
+    }
+
+
+ATTACKS = attacks()
+
+
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"fork_bomb", "blocking_input"}))
+def test_attack_is_contained(reward, host, name):
+    cases = ATTACKS[name]
+    scores, elapsed = call(reward, cases, host)
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+def test_blocking_on_input_fails_quickly(patient_reward, host):
+    """stdin is at EOF (function style: always; stdio style: after the test's input): no waiting for the deadline."""
+    cases = ATTACKS["blocking_input"]
+    scores, elapsed = call(patient_reward, cases, host)
+    assert scores == [0.0, 0.0]
+    assert elapsed < 3.0, f"took {elapsed:.1f} s with a 10 s timeout"
+    assert_contained(patient_reward, host, cases, scores, elapsed)
+
+
+def test_fork_bomb_leaves_host_usable(reward, host):
+    cases = ATTACKS["fork_bomb"]
+    scores, elapsed = call(reward, cases, host)
+    assert_contained(reward, host, cases, scores, elapsed)
+    start = time.monotonic()
+    for _ in range(5):
+        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=30)
+    assert time.monotonic() - start < 10
+    # And the sandbox still runs programs on both slots.
+    cases = [Case("correct", "he", HE_CORRECT), Case("correct", "cc", CC_CORRECT)]
+    assert call(reward, cases, host)[0] == [1.0, 1.0]
+
+
+# --- the honest side -----------------------------------------------------------------------------------------------
+
+CORRECT = [
+    Case("correct", "he", HE_CORRECT),
+    Case("correct", "he", "    return a + b\n"),  # the body continuing the prompt
+    Case(
+        "correct",
+        "he",
+        "import sys\n\ndef add(a, b):\n"
+        "    print('debug', a, b)\n    print('to stderr', file=sys.stderr)\n    return a + b\n",
+    ),
+    Case("correct", "he", "def add(a, b):\n    return sum([a, b])\n\nprint(add(1, 2))\n"),
+    Case("correct", "cc", CC_CORRECT),
+    Case(
+        "correct",
+        "cc",
+        "import sys\na, b = map(int, sys.stdin.read().split())\nprint('debug', a, b, file=sys.stderr)\nprint(a + b)\n",
+    ),
+    Case(
+        "correct",
+        "cc",
+        "import sys\ndata = sys.stdin.buffer.read().split()\n"
+        "sys.stdout.write(str(int(data[0]) + int(data[1])) + '\\n')\n",
+    ),
+    Case("correct", "cc", "print(sum(map(int, open(0).read().split())))\n"),
+    Case(
+        "correct",
+        "cc",
+        "import sys\nfor line in sys.stdin:\n    a, b = map(int, line.split())\n    print(a + b, end='  \\r\\n')\n",
+    ),
+    Case(
+        "correct",
+        "cc",
+        "import sys\ninput = sys.stdin.readline\na, b = map(int, input().split())\nprint(a + b)\nprint()\n",
+    ),
+    Case("correct", "cc", "a, b = map(int, input().split())\nprint(a + b)\nprint(a * b)\n", problem="two_lines"),
+]
+
+
+def test_correct_solutions_pass(reward, host):
+    """A sandbox too tight to run honest programs (or one that misreads their output) is caught here."""
+    scores, elapsed = call(reward, CORRECT, host)
+    assert scores == [1.0] * len(CORRECT)
+    assert_contained(reward, host, CORRECT, scores, elapsed)
+
+
+def test_code_prompt_helpers_and_imports_reach_the_program(reward, host):
+    prompt = 'import math\n\n\ndef _helper(x):\n    return x\n\n\ndef add(a: int, b: int) -> int:\n    """Sum."""\n'
+    completions = [
+        "    return _helper(a) + math.floor(b)\n",
+        "```python\ndef add(a, b):\n    return _helper(a + b)\n```",
+    ]
+    scores = reward([prompt] * 2, completions, test=[ADD_TEST] * 2, entry_point=["add"] * 2, code_prompt=[prompt] * 2)
+    assert scores == [1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_all_attacks_in_one_batch(reward, host):
+    """The whole attack list in one reward call, correct solutions in between: attacks do not poison neighbours."""
+    cases = []
+    attack_cases = [case for name in sorted(ATTACKS) for case in ATTACKS[name]]
+    for index, case in enumerate(attack_cases):
+        cases.append(case)
+        if index % 4 == 3:
+            cases.append(CORRECT[(index // 4) % len(CORRECT)])
+    cases += [Case("correct", "he", HE_CORRECT), Case("correct", "cc", CC_CORRECT)]
+    scores, elapsed = call(reward, cases, host)
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+# --- weaknesses ------------------------------------------------------------------------------------------------------
+
+
+def test_unix_socket_in_visible_folder_is_unreachable(reward, host):
+    """A read-only mount does not stop connect() on a host socket file the sandbox can see, and the network namespace
+    covers TCP/UDP and abstract sockets only: the seccomp filter refuses unix sockets."""
+    if host.visible is None:
+        pytest.skip("no writable folder the sandbox sees: nowhere to put the socket")
+    path = host.visible / "s"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o777)
+    listener.listen(8)
+    listener.setblocking(False)
+    # The listings were taken before the socket existed; it is removed before they are compared.
+    connect = f"""
+import socket
+
+def connect():
+    try:
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.settimeout(1)
+        unix.connect({str(path)!r})
+        unix.sendall(b"hello from the sandbox")
+        return True
+    except BaseException:
+        return False
+"""
+    cases = [
+        he("unix_socket", connect + "\ndef add(a, b):\n    return a + b if connect() else a - b\n"),
+        cc("unix_socket", connect + "\na, b = map(int, input().split())\nprint(a + b if connect() else a - b)\n"),
+    ]
+    try:
+        scores, elapsed = call(reward, cases, host)
+        try:
+            connection, _ = listener.accept()
+            connection.close()
+            pytest.fail("the host's unix socket received a connection from the sandbox")
+        except BlockingIOError:
+            pass
+    finally:
+        listener.close()
+        path.unlink()
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+def test_program_cannot_create_user_namespaces(reward, host):
+    """As root, bubblewrap runs without a user namespace of its own; the seccomp filter refuses new ones."""
+    unshare = """
+import ctypes
+
+def unshare():
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.unshare(0x10000000) == 0  # CLONE_NEWUSER
+"""
+    cases = [
+        he("userns", unshare + "\ndef add(a, b):\n    return a + b if unshare() else a - b\n"),
+        cc("userns", unshare + "\na, b = map(int, input().split())\nprint(a + b if unshare() else a - b)\n"),
+    ]
+    scores, elapsed = call(reward, cases, host)
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+def test_correct_function_with_a_big_integer_answer_passes(reward):
+    prompt = 'def factorial(n: int) -> int:\n    """n!"""\n'
+    test = "import math\n\ndef check(candidate):\n    assert candidate(2000) == math.factorial(2000)\n"
+    completion = (
+        "```python\ndef factorial(n):\n    result = 1\n    for k in range(2, n + 1):\n"
+        "        result *= k\n    return result\n```"
+    )
+    scores = reward([prompt], [completion], test=[test], entry_point=["factorial"], code_prompt=[prompt])
+    assert scores == [1.0]
+
+
+# --- configuration, and the weaker isolation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("isolation", "docker", "isolation must be one of"),
+        ("timeout", 0, "timeout must be a number of seconds > 0, got 0"),
+        ("memory_mb", 0.5, "memory_mb must be an int >= 1, got 0.5"),
+        ("max_processes", True, "max_processes must be an int >= 1, got True"),
+        ("max_open_files", 3, "max_open_files must be an int >= 16"),
+        ("num_workers", 0, "num_workers must be an int >= 1, got 0"),
+        ("uid_base", 0, "uid_base must be an int in [1000,"),
+        ("python_executable", "/nonexistent/python", "'/nonexistent/python' is not an executable file"),
+    ],
+)
+def test_invalid_config_names_the_value(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SandboxConfig(**{field: value})
+
+
+def test_bubblewrap_required_but_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(sandbox_module, "bubblewrap_available", lambda: False)
+    with pytest.raises(RuntimeError, match="apt-get install bubblewrap"):
+        Sandbox(SandboxConfig(isolation="bubblewrap"))
+
+
+def test_without_bubblewrap_it_warns_once_and_loudly(monkeypatch, capsys, caplog):
+    monkeypatch.setattr(sandbox_module, "bubblewrap_available", lambda: False)
+    monkeypatch.setattr(sandbox_module, "_warned", set())
+    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
+    if not os.access(python, os.X_OK):
+        pytest.skip("no interpreter an unprivileged uid can reach")
+    for _ in range(2):
+        assert Sandbox(SandboxConfig(isolation="auto", python_executable=python)).isolation == "none"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1
+    assert "WITHOUT namespace isolation" in warnings[0] and "read and write every file" in warnings[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root runs the programs under uids of their own")
+def test_without_bubblewrap_root_refuses_an_interpreter_its_uids_cannot_reach(monkeypatch, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    python = private / "python3"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sandbox_module, "bubblewrap_available", lambda: False)
+    with pytest.raises(RuntimeError, match="is not world-accessible"):
+        Sandbox(SandboxConfig(isolation="none", python_executable=str(python)))
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK), reason="needs root and a system Python"
+)
+def test_without_bubblewrap_limits_and_uids_still_hold(monkeypatch):
+    """isolation="none" as root: no namespaces, but the limits, the deadline, the scrubbed environment and the
+    uids of their own (so that the process limit holds, and every leftover is found and killed) still apply."""
+    monkeypatch.setenv(SECRET_NAME, "none-mode-secret")
+    config = make_config(isolation="none", python_executable="/usr/bin/python3", max_processes=16)
+    sandbox = Sandbox(config)
+    marker = f"hfad-none-{TOKEN}"
+    programs = {
+        "correct": "print(sum(map(int, input().split())))",
+        "secret": f"import os\nprint(os.environ.get({SECRET_NAME!r}, 3))",
+        "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "orphan": "import os\nif os.fork() == 0:\n    os.setsid()\n"
+        f"    os.execvp('sleep', ['sleep', '300', {marker!r}])\nprint(3)",
+    }
+    start = time.monotonic()
+    results = sandbox.run_many(
+        [{"mode": "stdio", "program": code, "inputs": ["1 2\n"], "expected": ["3"]} for code in programs.values()]
+    )
+    outputs = dict(zip(programs, [result.report["outputs"] for result in results], strict=True))
+    assert outputs["correct"] == ["3\n"] and outputs["secret"] == ["3\n"] and outputs["fork_bomb"] == [None]
+    assert time.monotonic() - start < wall_bound(len(programs))
+    uids = {uid for slot in sandbox.slots for uid in sandbox.uids(slot)}
+    assert_no_leftovers(uids, marker)
