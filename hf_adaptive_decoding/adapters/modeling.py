@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PretrainedConf
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
+from ..generation.noise import choose_actions
 from .configuration import AdaptiveDecodingConfig
 
 
@@ -223,13 +224,20 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
 
     @torch.no_grad()
     def select_actions(
-        self, hidden_states: torch.Tensor, budget: torch.Tensor | None = None, deterministic: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        budget: torch.Tensor | None = None,
+        deterministic: bool = False,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.LongTensor, torch.FloatTensor]:
-        """Sample (or, with `deterministic=True`, take the argmax of) an action per row. Returns `(actions, probs)`."""
+        """
+        Sample (or, with `deterministic=True`, take the argmax of) an action per row. Returns `(actions, probs)`.
+
+        `noise` holds one uniform in [0, 1) per row (see [`~generation.noise.keyed_uniforms`]): the action is drawn by
+        inverse CDF from it, so it depends on that row alone. Without it, uniforms come from torch's global generator.
+        """
         probs = self(hidden_states, budget).logits.float().softmax(dim=-1)
-        if deterministic:
-            return probs.argmax(dim=-1), probs
-        return torch.multinomial(probs, num_samples=1).squeeze(-1), probs
+        return choose_actions(probs, deterministic, noise), probs
 
     def check_compatible(self, model: PreTrainedModel) -> None:
         """

@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapters.configuration import DecodingAction
-from ..data.prompting import encode_prompts
 from ..generation.policies import ConstantPolicy
-from ..generation.rollout import generate_rollouts
-from ..rewards.math_rewards import reward_function_name, score_completions
+from ..rewards.math_rewards import reward_function_name
+from .evaluate import SAMPLING
+from .runner import rollout_and_score
 
 
 def problem_keys(dataset: Dataset) -> list[str]:
@@ -89,8 +89,9 @@ def evaluate_strategies(
     The reward `R(x, s)` of one sample of every strategy `s` on every problem `x` (Appendix C).
 
     All strategies of a problem are sampled together: the prompt is prefilled once and its KV cache shared by the
-    strategies' rows. Problems go in fixed batches, each seeded from `seed` and its index, so a resumed sweep gives
-    the same rewards as an uninterrupted one.
+    strategies' rows. Every strategy of a problem draws the same random numbers, keyed by `seed` and the problem's
+    key (see [`~generation.noise`]), so strategies are compared pairwise, and a resumed sweep gives the same rewards as
+    an uninterrupted one.
 
     Args:
         model, tokenizer: the frozen causal LM and its (chat) tokenizer, left-padded.
@@ -123,8 +124,8 @@ def evaluate_strategies(
         "instruction": instruction,
         "system_prompt": system_prompt,
         "seed": seed,
-        "rows_per_batch": rows_per_batch,
         "rewards": [reward_function_name(func) for func in reward_funcs],
+        "sampling": SAMPLING,
     }
     cache = StrategyRewardCache(cache_dir, context) if cache_dir is not None else None
     known: dict[tuple[str, str], float] = dict(cache.rewards) if cache else {}
@@ -132,29 +133,30 @@ def evaluate_strategies(
     policy = ConstantPolicy(strategies, level="sequence")
     model.eval()
     progress = tqdm(total=len(dataset), desc=f"Rewarding {len(strategies)} strategies", disable=disable_tqdm)
-    for batch_index, start in enumerate(range(0, len(dataset), per_batch)):
+    for start in range(0, len(dataset), per_batch):
         batch_keys = keys[start : start + per_batch]
         if all((key, name) in known for key in batch_keys for name in names):
             progress.update(len(batch_keys))
             continue
         rows = dataset.select(range(start, start + len(batch_keys))).to_list()
-        encoded = encode_prompts(tokenizer, [r["prompt"] for r in rows], [instruction] * len(rows), system_prompt)
-        encoded = encoded.to(model.device)
-        torch.manual_seed(seed * 1_000_003 + batch_index)
-        count = torch.full((len(rows),), len(strategies), device=model.device)
-        batch = generate_rollouts(
+        scored = rollout_and_score(
             model,
+            tokenizer,
             policy,
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            num_samples=count,
-            token_budgets=torch.full_like(count, max_new_tokens),
+            rows,
+            reward_funcs,
+            num_samples=len(strategies),
+            token_budgets=max_new_tokens,
+            instructions=instruction,
+            system_prompt=system_prompt,
+            seed=seed,
+            problem_ids=batch_keys,
             fixed_actions=torch.arange(len(strategies), device=model.device).repeat(len(rows)),
+            # Every strategy of a problem draws its first sample's random numbers: strategies are compared pairwise.
+            sample_indices=torch.zeros(len(rows) * len(strategies), dtype=torch.long, device=model.device),
+            reward_timeout=reward_timeout,
         )
-        ids = batch.completion_ids.masked_fill(~batch.completion_mask, tokenizer.pad_token_id)
-        completions = tokenizer.batch_decode(ids, skip_special_tokens=True)
-        sample_rows = [rows[i] for i in batch.input_index.tolist()]
-        rewards, _ = score_completions(reward_funcs, sample_rows, completions, timeout=reward_timeout)
+        rewards = scored.rewards
         entries = [
             (batch_keys[i // len(strategies)], names[i % len(strategies)], float(reward))
             for i, reward in enumerate(rewards.tolist())

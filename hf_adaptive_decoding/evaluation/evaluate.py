@@ -21,12 +21,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..adapters.configuration import AdaptiveDecodingConfig, DecodingAction
 from ..adapters.modeling import AutoDecodingAdapter, DecodingAdapterModel
 from ..adapters.shipped import resolve_adapter
-from ..data.prompting import encode_prompts
 from ..generation.policies import ConstantPolicy, DecodingPolicy, EntropyDynamicTemperatureLogitsWarper
-from ..generation.rollout import generate_rollouts
-from ..rewards.math_rewards import reward_function_name, score_completions
+from ..rewards.math_rewards import reward_function_name
 from ..training.objectives import pass_at_k
+from .runner import rollout_and_score
 
+# Outcomes cached by an older sampler are not reused: the same seed draws other numbers.
+SAMPLING = "keyed inverse-CDF per (seed, problem, sample, position)"
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
@@ -174,8 +175,10 @@ def evaluate_decoders(
     Run every decoder on every problem, `num_samples` samples each, for each token budget and seed, and estimate
     Pass@k with the unbiased estimator (a sample passes when its reward is at least `success_threshold`).
 
-    All decoders see the same prompts, the same seeds (the sampling generator is reseeded per batch from the seed
-    and the batch index) and the same budgets. A budget-aware sequence-level adapter is told `B = k` for Pass@k.
+    All decoders see the same prompts, the same budgets and the same random numbers: a sample's noise is keyed by
+    the seed, the problem's index, the sample's index and the position (see [`~generation.noise`]), so decoders are
+    compared pair by pair, and a static action and a policy that always picks it give the same samples. A
+    budget-aware sequence-level adapter is told `B = k` for Pass@k.
     Each (decoder, budget, seed) is cached in `cache_dir` once done, so an interrupted evaluation resumes and adding
     a decoder only runs that decoder.
 
@@ -212,6 +215,7 @@ def evaluate_decoders(
         "rows_per_batch": rows_per_batch,
         "rewards": [reward_function_name(func) for func in reward_funcs],
         "max_recorded_tokens": max_recorded_tokens,
+        "sampling": SAMPLING,
         "dataset_fingerprint": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12],
     }
     options = {
@@ -260,29 +264,27 @@ def _run_unit(model, tokenizer, decoder, rows, reward_funcs, budget, seed, paral
     samples = 1 if decoder.samples_identical else num_samples
     per_batch = max(1, rows_per_batch // samples)
     rewards, lengths, entropies, actions = [], [], [], []
-    device = model.device
-    for batch_index, start in enumerate(range(0, len(rows), per_batch)):
+    for start in range(0, len(rows), per_batch):
         chunk = rows[start : start + per_batch]
-        encoded = encode_prompts(tokenizer, [r["prompt"] for r in chunk], [instruction] * len(chunk), system_prompt)
-        encoded = encoded.to(device)
-        torch.manual_seed(seed * 1_000_003 + batch_index)
-        count = torch.full((len(chunk),), samples, device=device)
-        batch = generate_rollouts(
+        scored = rollout_and_score(
             model,
+            tokenizer,
             decoder.policy,
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            num_samples=count,
-            token_budgets=torch.full_like(count, budget),
+            chunk,
+            reward_funcs,
+            num_samples=samples,
+            token_budgets=budget,
+            instructions=instruction,
+            system_prompt=system_prompt,
+            seed=seed,
+            problem_ids=range(start, start + len(chunk)),
             deterministic=decoder.deterministic,
+            parallel_budgets=parallel,
             logits_processor=decoder.logits_processor,
-            parallel_budgets=torch.full_like(count, parallel) if parallel is not None else None,
+            reward_timeout=reward_timeout,
         )
-        ids = batch.completion_ids.masked_fill(~batch.completion_mask, tokenizer.pad_token_id)
-        completions = tokenizer.batch_decode(ids, skip_special_tokens=True)
-        sample_rows = [chunk[i] for i in batch.input_index.tolist()]
-        batch_rewards, _ = score_completions(reward_funcs, sample_rows, completions, timeout=reward_timeout)
-        rewards += batch_rewards.view(len(chunk), samples).tolist()
+        batch = scored.batch
+        rewards += scored.rewards.view(len(chunk), samples).tolist()
         lengths += batch.completion_mask.sum(dim=1).view(len(chunk), samples).tolist()
         if decoder.level == "token":
             entropies.append(batch.entropies.cpu())

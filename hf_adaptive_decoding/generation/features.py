@@ -77,10 +77,14 @@ def next_token_entropy(scores: torch.Tensor) -> torch.Tensor:
 
 
 def token_context(
-    context_features: Literal["hidden_state", "entropy"], hidden: torch.Tensor, scores: torch.Tensor
+    context_features: Literal["hidden_state", "entropy"],
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    entropy: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What a token-level policy sees of the current step: the final hidden state `(batch, hidden)`, or the
-    next-token entropy as `(batch, 1)`. Both come from the forward pass generation already ran."""
+    next-token entropy as `(batch, 1)` (`entropy`, when already computed). Both come from the forward pass generation
+    already ran."""
     if context_features == "entropy":
-        return next_token_entropy(scores)[:, None]
+        return (next_token_entropy(scores) if entropy is None else entropy)[:, None]
     return hidden

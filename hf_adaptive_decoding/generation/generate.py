@@ -30,8 +30,9 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from ..adapters.modeling import DecodingAdapterModel
 from ..speculative.generate import speculative_generate
 from ..speculative.modeling import DraftAdapterModel
-from .features import HiddenStateCapture, token_context
-from .sampling import ActionTransform
+from .decision import DecisionStep, deciding, token_ids
+from .features import HiddenStateCapture
+from .noise import derive_keys, global_generator_key
 
 # generate() arguments that choose a sampling strategy, with the values that switch transformers' own warper off.
 # With an adapter, the adapter owns sampling: these are forced to neutral, so nothing is applied on top of its choice.
@@ -79,12 +80,17 @@ class AdaptiveGenerateOutput(GenerateDecoderOnlyOutput):
 class AdaptiveDecodingProcessor(LogitsProcessor):
     """
     The logits processor through which a decoding adapter acts: at each step it reads the features captured from
-    the step's forward pass, samples each row's action from the adapter's policy and applies it to the logits.
+    the step's forward pass, chooses each row's action through the shared [`~generation.decision.DecisionStep`] and
+    applies it to the logits; transformers then draws the token as it would for that action alone.
 
     Token level: features are the step's last hidden state (or, for an entropy-only adapter, the entropy of the
     step's next-token distribution) and the remaining budget `b_t = max_new_tokens - t`.
     Sequence level: at the first step, the prompt embedding and the parallel budget `B`; the action is drawn once
     per prompt (rows `i * B ... i * B + B - 1` are one prompt's samples, as `generate` lays them out) and held.
+
+    Actions are drawn from keyed noise (see [`~generation.noise`]) whose key is read off torch's generator without
+    advancing it, so the tokens are drawn from exactly the random numbers transformers' own sampling would use: a
+    policy that always picks one action generates what `generate` generates with that action's settings.
     """
 
     def __init__(
@@ -99,13 +105,13 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
     ):
         self.adapter = adapter
         self.capture = capture
-        self.transform = ActionTransform(adapter.decoding_config.actions)
+        self.decision = DecisionStep(adapter, deterministic)
         self._token_budget = token_budget
         self.max_length = max_length
         self.samples_per_prompt = samples_per_prompt
         self.parallel_budget = parallel_budget if parallel_budget is not None else samples_per_prompt
-        self.deterministic = deterministic
         self.prompt_length: int | None = None
+        self.row_keys: torch.Tensor | None = None
         self.actions: list[torch.Tensor] = []
         self.probs: list[torch.Tensor] = []
 
@@ -116,23 +122,29 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
             return self._token_budget
         return self.max_length - self.prompt_length
 
+    def _start(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> None:
+        self.prompt_length = input_ids.shape[1]
+        rows = input_ids.shape[0] if self.adapter.level == "token" else input_ids.shape[0] // self.samples_per_prompt
+        call_key = torch.full((rows,), global_generator_key(scores.device), device=scores.device)
+        self.row_keys = derive_keys(call_key, torch.arange(rows, device=scores.device))
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.prompt_length is None:
-            self.prompt_length = input_ids.shape[1]
+            self._start(input_ids, scores)
         step = input_ids.shape[1] - self.prompt_length
         if self.adapter.level == "token":
             budget = torch.tensor(self.token_budget - step, device=scores.device)
-            context = token_context(self.adapter.context_features, self.capture.last, scores)
-            actions, probs = self.adapter.select_actions(context, budget, self.deterministic)
+            context = self.decision.token_context(self.capture.last, scores)
+            actions, probs = self.decision.token_actions(context, budget, self.row_keys, step)
             self.actions.append(actions)
             self.probs.append(probs)
         elif not self.actions:
             per_prompt = self.capture.prompt_embedding()[:: self.samples_per_prompt]
             budget = torch.tensor(self.parallel_budget, device=scores.device)
-            actions, probs = self.adapter.select_actions(per_prompt, budget, self.deterministic)
+            actions, probs = self.decision.prompt_actions(per_prompt, budget, self.row_keys)
             self.actions.append(actions.repeat_interleave(self.samples_per_prompt))
             self.probs.append(probs.repeat_interleave(self.samples_per_prompt, dim=0))
-        return self.transform(scores, self.actions[-1].to(scores.device), step)
+        return self.decision.apply(scores, self.actions[-1], step)
 
     def chosen(self, sequences: torch.LongTensor, generation_config: GenerationConfig) -> tuple[torch.Tensor, ...]:
         """The recorded actions and probabilities, aligned with `sequences` (token level: -1 after a row ended)."""
@@ -142,8 +154,8 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
         actions = torch.stack(self.actions[:steps], dim=1)
         probs = torch.stack(self.probs[:steps], dim=1)
         generated = sequences[:, self.prompt_length :].to(actions.device)
-        eos_ids = _token_ids(generation_config.eos_token_id)
-        pad_ids = _token_ids(generation_config.pad_token_id)
+        eos_ids = token_ids(generation_config.eos_token_id)
+        pad_ids = token_ids(generation_config.pad_token_id)
         if not eos_ids:  # without EOS, rows never end early: every token is a real step
             return actions, probs
         is_eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device))
@@ -155,15 +167,6 @@ class AdaptiveDecodingProcessor(LogitsProcessor):
         run_start = trailing & ~torch.nn.functional.pad(trailing[:, :-1], (1, 0), value=False)
         ended = after_eos | (trailing & ~(run_start & is_eos))
         return actions.masked_fill(ended, -1), probs
-
-
-def _token_ids(ids: int | list[int] | torch.Tensor | None) -> list[int]:
-    if ids is None:
-        return []
-    return [
-        int(i)
-        for i in (ids.flatten().tolist() if isinstance(ids, torch.Tensor) else ids if isinstance(ids, list) else [ids])
-    ]
 
 
 def _sampling_conflicts(values: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -297,7 +300,7 @@ def generate(
     resolved_config, _ = self._prepare_generation_config(generation_config, **kwargs)
     _check_generation_mode(resolved_config, kwargs.get("assistant_model"))
     token_budget = _token_budget(self, resolved_config, default_max_length, inputs, kwargs)
-    with HiddenStateCapture(self, decoding_adapter.prompt_pooling) as capture:
+    with HiddenStateCapture(self, decoding_adapter.prompt_pooling) as capture, deciding(decoding_adapter):
         processor = AdaptiveDecodingProcessor(
             decoding_adapter,
             capture,
@@ -354,7 +357,7 @@ def adaptive_generate(
         if caller is not None and caller.f_code.co_name == "generate":
             streamer = caller.f_locals.get("streamer")
             synced_gpus = bool(caller.f_locals.get("synced_gpus") or synced_gpus)
-    with HiddenStateCapture(model, decoding_adapter.prompt_pooling) as capture:
+    with HiddenStateCapture(model, decoding_adapter.prompt_pooling) as capture, deciding(decoding_adapter):
         processor = AdaptiveDecodingProcessor(
             decoding_adapter,
             capture,

@@ -11,6 +11,7 @@ from transformers import LogitsProcessor
 
 from ..adapters.configuration import AdaptiveDecodingConfig, DecodingAction
 from .features import next_token_entropy
+from .noise import choose_actions
 
 
 class DecodingPolicy(Protocol):
@@ -23,7 +24,11 @@ class DecodingPolicy(Protocol):
     def decoding_config(self) -> AdaptiveDecodingConfig: ...
 
     def select_actions(
-        self, hidden_states: torch.Tensor, budget: torch.Tensor | None = None, deterministic: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        budget: torch.Tensor | None = None,
+        deterministic: bool = False,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.LongTensor, torch.FloatTensor]: ...
 
 
@@ -39,8 +44,7 @@ class ConstantPolicy:
         actions (`Sequence[DecodingAction]`): the action space.
         probs (`Sequence[float]`, *optional*): the fixed distribution over `actions` (default: uniform).
         level (`str`, defaults to `"sequence"`): when the policy decides. `"token"` also records per-token data such
-            as entropies; as every decision draws from the random stream, the same seed gives other samples than at
-            `"sequence"` level, from the same distribution.
+            as entropies. Actions draw from a random stream of their own, so the level changes no sample.
     """
 
     context_features = "hidden_state"
@@ -71,12 +75,14 @@ class ConstantPolicy:
         return self._config
 
     def select_actions(
-        self, hidden_states: torch.Tensor, budget: torch.Tensor | None = None, deterministic: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        budget: torch.Tensor | None = None,
+        deterministic: bool = False,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.LongTensor, torch.FloatTensor]:
         probs = self.probs.to(hidden_states.device).expand(hidden_states.shape[0], -1)
-        if deterministic:
-            return probs.argmax(dim=-1), probs
-        return torch.multinomial(probs, num_samples=1).squeeze(-1), probs
+        return choose_actions(probs, deterministic, noise), probs
 
 
 class EntropyDynamicTemperatureLogitsWarper(LogitsProcessor):

@@ -10,10 +10,10 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..adapters.modeling import DecodingAdapterModel
+from .decision import DecisionStep, token_ids
 from .features import HiddenStateCapture, next_token_entropy
-from .generate import _token_ids
+from .noise import TOKEN_STREAM, derive_keys, keyed_uniforms, random_keys, sample_from_logits
 from .policies import DecodingPolicy
-from .sampling import ActionTransform
 
 
 @dataclass
@@ -69,6 +69,8 @@ def generate_rollouts(
     logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     parallel_budgets: torch.LongTensor | None = None,
     fixed_actions: torch.LongTensor | None = None,
+    noise_keys: torch.LongTensor | None = None,
+    sample_indices: torch.LongTensor | None = None,
 ) -> RolloutBatch:
     """
     Sample completions of left-padded prompts, the adapter choosing the decoding action (token level: at every step
@@ -77,6 +79,10 @@ def generate_rollouts(
     The prompt is prefilled once per input; its KV cache is then expanded to the input's samples. A row ends at EOS
     or when it has generated `token_budgets[i]` tokens; finished rows are dropped from the batch and from its KV
     cache at once, so they cost nothing afterwards.
+
+    Every random number of a row is keyed by its input's `noise_keys` entry, its sample index and the position (see
+    [`~generation.noise`]): a row's tokens and actions do not depend on the other rows, and two policies that agree
+    on a prefix draw the same next token.
 
     Args:
         model ([`~transformers.PreTrainedModel`]): the frozen causal LM (left-padded inputs).
@@ -95,8 +101,41 @@ def generate_rollouts(
         fixed_actions (`torch.LongTensor` of shape `(rows,)`, *optional*): sequence level, each row's action, chosen
             by the caller instead of the policy (e.g. to run many static strategies on one prompt's samples, which
             share its prefill). No decisions are recorded then.
+        noise_keys (`torch.LongTensor` of shape `(inputs,)`, *optional*): the key of each input's random numbers,
+            e.g. [`~generation.noise.noise_keys`] of a seed and the problem ids. Default: drawn from torch's global
+            generator (one draw per input).
+        sample_indices (`torch.LongTensor` of shape `(rows,)`, *optional*): the sample index whose noise each row
+            uses; default `0 .. num_samples[i] - 1` within each input. Rows of one input with the same index draw the
+            same random numbers (e.g. all strategies of a problem on its first sample's noise).
     """
+    _check_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions)
     device = input_ids.device
+    num_samples = num_samples.to(device)
+    input_index = torch.repeat_interleave(torch.arange(len(input_ids), device=device), num_samples)
+    if noise_keys is None:
+        noise_keys = random_keys(len(input_ids), device)
+    if sample_indices is None:
+        starts = torch.cumsum(num_samples, 0) - num_samples
+        sample_indices = torch.arange(len(input_index), device=device) - starts[input_index]
+    pooling = adapter.decoding_config.prompt_pooling if adapter.level == "sequence" else "last"  # token level: h_t
+    with HiddenStateCapture(model, pooling) as capture:
+        rollout = _Rollout(
+            model, capture, DecisionStep(adapter, deterministic), logits_processor, token_budgets.to(device)
+        )
+        rollout.prefill(input_ids, attention_mask, input_index, noise_keys.to(device), sample_indices.to(device))
+        if fixed_actions is not None:
+            rollout.row_actions = fixed_actions.to(device)
+        elif adapter.level == "sequence":
+            parallel = num_samples if parallel_budgets is None else parallel_budgets.to(device)
+            rollout.decide_per_prompt(parallel, noise_keys.to(device), input_index)
+        rollout.spread(input_index)
+        for step in range(rollout.max_new_tokens):
+            if not rollout.step(step):
+                break
+    return rollout.result(input_index)
+
+
+def _check_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions) -> None:
     if parallel_budgets is not None and adapter.level != "sequence":
         raise ValueError("parallel_budgets is a sequence-level input; a token-level policy is told b_t, not B.")
     checked = [("num_samples", num_samples), ("token_budgets", token_budgets)]
@@ -107,8 +146,6 @@ def generate_rollouts(
             raise ValueError(
                 f"{name} must hold one int >= 1 per input ({len(input_ids)} inputs), got {values.tolist()}."
             )
-    num_samples = num_samples.to(device)
-    parallel_budgets = num_samples if parallel_budgets is None else parallel_budgets.to(device)
     num_actions = len(adapter.decoding_config.actions)
     if fixed_actions is not None and (
         adapter.level != "sequence"
@@ -119,107 +156,125 @@ def generate_rollouts(
             f"fixed_actions needs a sequence-level policy and one action index in [0, {num_actions}) per row "
             f"({int(num_samples.sum())} rows); got a {adapter.level}-level policy and {fixed_actions.tolist()}."
         )
-    token_budgets = token_budgets.to(device)
-    token_level = adapter.level == "token"
-    transform = ActionTransform(adapter.decoding_config.actions)
-    eos_ids = torch.tensor(_token_ids(model.generation_config.eos_token_id), device=device, dtype=torch.long)
-    pad_id = _token_ids(model.generation_config.pad_token_id) or _token_ids(model.generation_config.eos_token_id)
-    pad_id = pad_id[0] if pad_id else 0
 
-    input_index = torch.repeat_interleave(torch.arange(len(input_ids), device=device), num_samples)
-    rows = len(input_index)
-    max_new_tokens = int(token_budgets.max())
-    completion_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    completion_mask = torch.zeros((rows, max_new_tokens), dtype=torch.bool, device=device)
-    records: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("features", "budgets", "actions", "probs", "rows", "max", "entropy")
-    }
 
-    cache = DynamicCache(config=model.config)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    pooling = adapter.decoding_config.prompt_pooling if not token_level else "last"  # token level: h_t only
-    with HiddenStateCapture(model, pooling) as capture:
-        logits = model(
+class _Rollout:
+    """The state of one [`generate_rollouts`] call: the batch still decoding, its cache, and what was recorded."""
+
+    def __init__(self, model, capture: HiddenStateCapture, decision: DecisionStep, logits_processor, token_budgets):
+        self.model, self.capture, self.decision, self.logits_processor = model, capture, decision, logits_processor
+        self.token_level = decision.policy.level == "token"
+        self.token_budgets = token_budgets
+        self.max_new_tokens = int(token_budgets.max())
+        eos, pad = token_ids(model.generation_config.eos_token_id), token_ids(model.generation_config.pad_token_id)
+        self.eos_ids = torch.tensor(eos, device=token_budgets.device, dtype=torch.long)
+        self.pad_id = (pad or eos or [0])[0]
+        self.records: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("features", "budgets", "actions", "probs", "rows", "max", "entropy")
+        }
+        self.cache = DynamicCache(config=model.config)
+        self.row_actions: torch.Tensor | None = None
+
+    def prefill(self, input_ids, attention_mask, input_index, noise_keys, sample_indices) -> None:
+        device, rows = input_ids.device, len(input_index)
+        self.completion_ids = torch.full((rows, self.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+        self.completion_mask = torch.zeros((rows, self.max_new_tokens), dtype=torch.bool, device=device)
+        self.row_keys = derive_keys(noise_keys[input_index], sample_indices)
+        self.position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        self.attention_mask = attention_mask
+        self.logits = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
+            position_ids=self.position_ids,
+            cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        if fixed_actions is not None:
-            row_actions = fixed_actions.to(device)
-        elif not token_level:  # one decision per input, before its samples are spread out
-            prompt_features = capture.prompt_embedding()
-            prompt_actions, prompt_probs = adapter.select_actions(prompt_features, parallel_budgets, deterministic)
-            _record(
-                records, prompt_features, parallel_budgets, prompt_actions, prompt_probs, torch.arange(len(input_ids))
-            )
-            row_actions = prompt_actions[input_index]
-        # Spread each prompt's cache, mask and last positions over its samples.
-        cache.batch_select_indices(input_index)
-        logits, attention_mask = logits[input_index], attention_mask[input_index]
-        next_position = position_ids[input_index, -1:] + 1
-        hidden = capture.last[input_index]
-        active = torch.arange(rows, device=device)  # the original row of each row still in the batch
-        row_budgets = token_budgets[input_index]
+        self.prompt_features = self.capture.prompt_embedding() if not self.token_level else None
+        self.hidden = self.capture.last
 
-        for step in range(max_new_tokens):
-            scores = logits.float()
-            if token_level:
-                remaining = row_budgets - step
-                entropy = next_token_entropy(scores)  # recorded, and the context of entropy-only adapters
-                context = entropy[:, None] if adapter.context_features == "entropy" else hidden
-                row_actions, probs = adapter.select_actions(context, remaining, deterministic)
-                max_probs = (scores.amax(-1) - scores.logsumexp(-1)).exp()
-                _record(records, context, remaining, row_actions, probs, active, max_probs, entropy)
-            if logits_processor is not None:
-                scores = logits_processor(scores)
-            next_tokens = torch.multinomial(transform(scores, row_actions, step).softmax(-1), 1).squeeze(-1)
-            completion_ids[active, step] = next_tokens
-            completion_mask[active, step] = True
-            finished = torch.isin(next_tokens, eos_ids) | (row_budgets <= step + 1)
-            keep = (~finished).nonzero().squeeze(-1)
-            if len(keep) == 0:
-                break
-            if len(keep) < len(active):
-                cache.batch_select_indices(keep)
-                active, row_budgets, attention_mask = active[keep], row_budgets[keep], attention_mask[keep]
-                next_tokens, next_position = next_tokens[keep], next_position[keep]
-                if not token_level:
-                    row_actions = row_actions[keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
-            logits = model(
-                input_ids=next_tokens[:, None],
-                attention_mask=attention_mask,
-                position_ids=next_position,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
-            hidden = capture.last
-            next_position = next_position + 1
+    def decide_per_prompt(self, parallel_budgets, noise_keys, input_index) -> None:
+        """Sequence level: one decision per input, before its samples are spread out."""
+        features = self.prompt_features
+        actions, probs = self.decision.prompt_actions(features, parallel_budgets, derive_keys(noise_keys, -1))
+        self._record(features, parallel_budgets, actions, probs, torch.arange(len(features)))
+        self.row_actions = actions[input_index]
 
-    packed = {key: torch.cat(values) if values else None for key, values in records.items()}
-    return RolloutBatch(
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        input_index=input_index,
-        features=packed["features"],
-        budgets=packed["budgets"],
-        actions=packed["actions"],
-        action_probs=packed["probs"],
-        decision_rows=packed["rows"].to(device) if packed["rows"] is not None else None,
-        max_probs=packed["max"],
-        entropies=packed["entropy"],
-    )
+    def spread(self, input_index) -> None:
+        """Spread each prompt's cache, mask and last positions over its samples."""
+        self.cache.batch_select_indices(input_index)
+        self.logits, self.attention_mask = self.logits[input_index], self.attention_mask[input_index]
+        self.next_position = self.position_ids[input_index, -1:] + 1
+        self.hidden = self.hidden[input_index]
+        self.active = torch.arange(len(input_index), device=input_index.device)  # original row of each live row
+        self.row_budgets = self.token_budgets[input_index]
 
+    def step(self, step: int) -> bool:
+        """Choose, draw and record this step's tokens; drop finished rows; run the next forward. False when done."""
+        scores = self.logits.float()
+        if self.token_level:
+            remaining = self.row_budgets - step
+            entropy = next_token_entropy(scores)  # recorded, and the context of entropy-only adapters
+            context = self.decision.token_context(self.hidden, scores, entropy)
+            self.row_actions, probs = self.decision.token_actions(context, remaining, self.row_keys, step)
+            max_probs = (scores.amax(-1) - scores.logsumexp(-1)).exp()
+            self._record(context, remaining, self.row_actions, probs, self.active, max_probs, entropy)
+        if self.logits_processor is not None:
+            scores = self.logits_processor(scores)
+        transformed = self.decision.apply(scores, self.row_actions, step)
+        next_tokens = sample_from_logits(transformed, keyed_uniforms(self.row_keys, step, TOKEN_STREAM))
+        self.completion_ids[self.active, step] = next_tokens
+        self.completion_mask[self.active, step] = True
+        finished = torch.isin(next_tokens, self.eos_ids) | (self.row_budgets <= step + 1)
+        keep = (~finished).nonzero().squeeze(-1)
+        if len(keep) == 0:
+            return False
+        if len(keep) < len(self.active):
+            self._keep(keep)
+            next_tokens = next_tokens[keep]
+        self._forward(next_tokens)
+        return True
 
-def _record(records, features, budgets, actions, probs, rows, max_probs=None, entropies=None) -> None:
-    records["features"].append(features.detach().clone())
-    records["budgets"].append(budgets.expand(len(features)).float())
-    records["actions"].append(actions)
-    records["probs"].append(probs)
-    records["rows"].append(rows)
-    if max_probs is not None:
-        records["max"].append(max_probs)
-        records["entropy"].append(entropies)
+    def _keep(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+        self.active, self.row_budgets, self.row_keys = self.active[keep], self.row_budgets[keep], self.row_keys[keep]
+        self.attention_mask, self.next_position = self.attention_mask[keep], self.next_position[keep]
+        if not self.token_level:
+            self.row_actions = self.row_actions[keep]
+
+    def _forward(self, next_tokens: torch.Tensor) -> None:
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(self.active), 1)], 1)
+        self.logits = self.model(
+            input_ids=next_tokens[:, None],
+            attention_mask=self.attention_mask,
+            position_ids=self.next_position,
+            cache=self.cache,
+            use_cache=True,
+        ).logits[:, -1]
+        self.hidden = self.capture.last
+        self.next_position = self.next_position + 1
+
+    def _record(self, features, budgets, actions, probs, rows, max_probs=None, entropies=None) -> None:
+        self.records["features"].append(features.detach().clone())
+        self.records["budgets"].append(budgets.expand(len(features)).float())
+        self.records["actions"].append(actions)
+        self.records["probs"].append(probs)
+        self.records["rows"].append(rows.to(actions.device))
+        if max_probs is not None:
+            self.records["max"].append(max_probs)
+            self.records["entropy"].append(entropies)
+
+    def result(self, input_index: torch.Tensor) -> RolloutBatch:
+        packed = {key: torch.cat(values) if values else None for key, values in self.records.items()}
+        return RolloutBatch(
+            completion_ids=self.completion_ids,
+            completion_mask=self.completion_mask,
+            input_index=input_index,
+            features=packed["features"],
+            budgets=packed["budgets"],
+            actions=packed["actions"],
+            action_probs=packed["probs"],
+            decision_rows=packed["rows"],
+            max_probs=packed["max"],
+            entropies=packed["entropy"],
+        )

@@ -6,7 +6,7 @@ from datasets import Dataset
 
 from hf_adaptive_decoding import DecodingAction
 from hf_adaptive_decoding.data.prompting import encode_prompts
-from hf_adaptive_decoding.evaluation import action_selection
+from hf_adaptive_decoding.evaluation import runner
 from hf_adaptive_decoding.evaluation.action_selection import (
     StrategyRewardCache,
     best_of_k_curve,
@@ -188,13 +188,13 @@ def problems():
 
 def _count_rollouts(monkeypatch):
     calls = []
-    real = action_selection.generate_rollouts
+    real = runner.generate_rollouts
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(action_selection, "generate_rollouts", counting)
+    monkeypatch.setattr(runner, "generate_rollouts", counting)
     return calls
 
 

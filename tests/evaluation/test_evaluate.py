@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from hf_adaptive_decoding import AdaptiveDecodingConfig, AutoDecodingAdapter, DecodingAction
 from hf_adaptive_decoding.adapters.modeling import DecodingAdapterModel
-from hf_adaptive_decoding.evaluation import evaluate as evaluation
+from hf_adaptive_decoding.evaluation import runner
 from hf_adaptive_decoding.evaluation.evaluate import Z_95, Decoder, evaluate_decoders
 from hf_adaptive_decoding.generation.policies import ConstantPolicy, EntropyDynamicTemperatureLogitsWarper
 from tests.conftest import make_char_tokenizer, make_tiny_model
@@ -204,13 +204,13 @@ def _decoders(model, folder):
 
 
 def _spy(patch, calls):
-    real = evaluation.generate_rollouts
+    real = runner.generate_rollouts
 
     def spy(model, policy, input_ids, attention_mask, **kwargs):
         calls.append({"policy": policy, **kwargs})
         return real(model, policy, input_ids, attention_mask, **kwargs)
 
-    patch.setattr(evaluation, "generate_rollouts", spy)
+    patch.setattr(runner, "generate_rollouts", spy)
 
 
 KWARGS = {
@@ -384,7 +384,7 @@ def test_a_second_call_resumes_from_the_cache(run, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("generate_rollouts was called although every unit is cached")
 
-    monkeypatch.setattr(evaluation, "generate_rollouts", fail)
+    monkeypatch.setattr(runner, "generate_rollouts", fail)
     again = evaluate_decoders(
         run["model"],
         run["tokenizer"],
@@ -480,7 +480,7 @@ def test_without_cache_and_recorded_tokens_are_subsampled(llama):
     ],
 )
 def test_bad_arguments(llama, monkeypatch, change, message):
-    monkeypatch.setattr(evaluation, "generate_rollouts", None)  # nothing may be generated
+    monkeypatch.setattr(runner, "generate_rollouts", None)  # nothing may be generated
     decoders = [Decoder.from_spec("greedy=static:greedy")]
     with pytest.raises(ValueError, match=message):
         evaluate_decoders(

@@ -33,9 +33,9 @@ def spy_on_policy(adapter, monkeypatch):
     calls = []
     original = adapter.select_actions
 
-    def select_actions(hidden_states, budget=None, deterministic=False):
+    def select_actions(hidden_states, budget=None, deterministic=False, noise=None):
         calls.append((hidden_states.clone(), None if budget is None else budget.clone()))
-        return original(hidden_states, budget, deterministic)
+        return original(hidden_states, budget, deterministic, noise)
 
     monkeypatch.setattr(adapter, "select_actions", select_actions)
     return calls
