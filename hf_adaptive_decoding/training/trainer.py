@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -20,9 +19,9 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapters.modeling import DecodingAdapterModel
-from ..data.prompting import encode_prompts
-from ..generation.rollout import RolloutBatch, generate_rollouts
-from ..rewards.math_rewards import score_completions
+from ..evaluation.runner import rollout_and_score
+from ..generation.policies import ConstantPolicy
+from ..generation.rollout import RolloutBatch
 from . import checkpointing, reporting
 from .config import AdapterTrainerConfig
 from .objectives import advantages, aggregate_rewards, decision_weights_and_advantages, policy_loss
@@ -164,41 +163,39 @@ class AdapterTrainer:
     def _uses_cot(self, index: int) -> bool:
         return random.Random(f"{self.args.seed}:cot:{index}").random() < self.args.cot_ratio
 
-    def _encode(self, rows: list[dict], cot: list[bool]) -> dict[str, torch.Tensor]:
-        """Chat-template the prompts with the CoT or the direct instruction (see [`encode_prompts`])."""
-        instructions = [self.args.cot_instruction if use_cot else self.args.instruction for use_cot in cot]
-        prompts = [row["prompt"] for row in rows]
-        return encode_prompts(self.tokenizer, prompts, instructions, self.args.system_prompt, self.accelerator.device)
-
     # ----------------------------------------------------------------------------------------------- rollouts
 
     def _rollout(
-        self, rows: list[dict], cot: list[bool], num_samples: list[int], budgets: list[int], deterministic: bool
+        self,
+        rows: list[dict],
+        cot: list[bool],
+        num_samples: list[int],
+        budgets: list[int],
+        deterministic: bool,
+        policy=None,
+        problem_ids: list[int] | None = None,
     ) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
-        """Generate for `rows` (one decision source each) and score every sample."""
-        encoded = self._encode(rows, cot)
-        adapter = self.unwrapped_adapter.eval()
-        device = self.accelerator.device
-        batch = generate_rollouts(
-            self.model,
-            adapter,
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            num_samples=torch.tensor(num_samples, device=device),
-            token_budgets=torch.tensor(budgets, device=device),
-            deterministic=deterministic,
-        )
-        ids = batch.completion_ids.masked_fill(~batch.completion_mask, self.tokenizer.pad_token_id)
-        completions = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        sample_rows = [rows[i] for i in batch.input_index.tolist()]
-        rewards, per_func = self._score(sample_rows, completions)
-        return batch, rewards.to(device), per_func.to(device)
-
-    def _score(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate for `rows` (one decision source each) and score every sample. With `problem_ids`, every
+        problem's random numbers are keyed by `(seed, id)` (validation); without, drawn from the training RNG."""
         args = self.args
-        return score_completions(
-            self.reward_funcs, rows, completions, args.reward_weights, args.reward_timeout, args.failure_reward
+        scored = rollout_and_score(
+            self.model,
+            self.tokenizer,
+            self.unwrapped_adapter.eval() if policy is None else policy,
+            rows,
+            self.reward_funcs,
+            num_samples=num_samples,
+            token_budgets=budgets,
+            instructions=[args.cot_instruction if use_cot else args.instruction for use_cot in cot],
+            system_prompt=args.system_prompt,
+            seed=args.seed if problem_ids is not None else None,
+            problem_ids=problem_ids,
+            deterministic=deterministic,
+            reward_weights=args.reward_weights,
+            reward_timeout=args.reward_timeout,
+            failure_reward=args.failure_reward,
         )
+        return scored.batch, scored.rewards, scored.rewards_per_func
 
     def _training_rollout(self, step: int):
         """Roll out this process's prompts for `step`. Returns the batch, per-sample rewards, and per rollout unit
@@ -394,25 +391,34 @@ class AdapterTrainer:
 
     # ----------------------------------------------------------------------------------------------- evaluation
 
-    def _eval_rows(self) -> list[dict]:
+    def _eval_rows(self) -> list[tuple[int, dict]]:
+        """This process's validation rows, with their index in the validation set (which keys their noise)."""
         dataset = self.eval_dataset
         if self.args.eval_num_examples is not None:
             dataset = dataset.select(range(min(self.args.eval_num_examples, len(dataset))))
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        return dataset.select(range(rank, len(dataset), world)).to_list()
+        indices = list(range(rank, len(dataset), world))
+        return list(zip(indices, dataset.select(indices).to_list(), strict=True))
 
-    @contextlib.contextmanager
-    def _eval_sampling_seed(self, chunk_index: int):
-        """Sample validation chunk `chunk_index` from a seed of its own, and leave the training RNG as it was.
-
-        The adapter and every static action start each chunk from the same RNG state, and what they score depends
-        neither on the training trajectory nor on when evaluation ran.
-        """
-        device = self.accelerator.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            rank, world = self.accelerator.process_index, self.accelerator.num_processes
-            torch.manual_seed(self.args.seed * 1_000_003 + chunk_index * world + rank)
-            yield
+    def _validate(self, policy, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Total reward and count over the validation rows of all processes, one sample each with the direct
+        instruction and budget `max_new_tokens` (sequence level: `B = 1`), through the training rollout loop. Each
+        problem's noise is keyed by `(seed, index)`, so every policy validated draws the same random numbers, and
+        the training RNG is left alone. Also the count of each action among the decisions."""
+        rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
+        num_actions = len(policy.decoding_config.actions)
+        totals = torch.zeros(2 + num_actions, device=self.accelerator.device)
+        for start in range(0, len(rows), size):
+            ids, chunk = zip(*rows[start : start + size], strict=True)
+            n = len(chunk)
+            batch, rewards, _ = self._rollout(
+                list(chunk), [False] * n, [1] * n, [self.args.max_new_tokens] * n, deterministic, policy, list(ids)
+            )
+            totals[0] += rewards.sum()
+            totals[1] += len(rewards)
+            if batch.actions is not None:
+                totals[2:] += torch.bincount(batch.actions, minlength=num_actions).float()
+        return self.accelerator.reduce(totals, "sum")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -421,47 +427,24 @@ class AdapterTrainer:
         may still sample), one sample per prompt with the direct instruction: token level with budget
         `max_new_tokens`, sequence level with `B = 1`. Also the share of each action among its decisions.
         """
-        rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
-        device, actions = self.accelerator.device, self.unwrapped_adapter.decoding_config.action_names
-        totals = torch.zeros(2 + len(actions), device=device)
-        for chunk_index, start in enumerate(range(0, len(rows), size)):
-            chunk = rows[start : start + size]
-            with self._eval_sampling_seed(chunk_index):
-                batch, rewards, _ = self._rollout(
-                    chunk, [False] * len(chunk), [1] * len(chunk), [self.args.max_new_tokens] * len(chunk), True
-                )
-            totals[0] += rewards.sum()
-            totals[1] += len(rewards)
-            totals[2:] += torch.bincount(batch.actions, minlength=len(actions)).float()
-        totals = self.accelerator.reduce(totals, "sum")
+        adapter = self.unwrapped_adapter.eval()
+        totals = self._validate(adapter, deterministic=True)
         shares = totals[2:] / totals[2:].sum().clamp(min=1)
         result = {"eval_reward": float(totals[0] / totals[1].clamp(min=1)), "eval_num_prompts": int(totals[1])}
-        result.update({f"eval_action_share/{name}": float(share) for name, share in zip(actions, shares, strict=True)})
+        names = adapter.decoding_config.action_names
+        result.update({f"eval_action_share/{name}": float(share) for name, share in zip(names, shares, strict=True)})
         return result
 
     @torch.no_grad()
     def evaluate_static_actions(self) -> dict[str, float]:
         """
-        Validation reward of each action of the action space used alone, as a static `generate` setting, on the same
-        prompts, instruction, token budget and sampling seeds as [`evaluate`]: the baselines the adapter must beat.
+        Validation reward of each action of the action space used alone, on the same prompts, instruction, token
+        budget and random numbers as [`evaluate`], through the same decoding path: the baselines the adapter must
+        beat. A policy that always picks one action scores exactly that action's reward.
         """
-        rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
         results = {}
         for action in self.unwrapped_adapter.decoding_config.actions:
-            totals = torch.zeros(2, device=self.accelerator.device)
-            for chunk_index, start in enumerate(range(0, len(rows), size)):
-                chunk = rows[start : start + size]
-                encoded = self._encode(chunk, [False] * len(chunk))
-                with self._eval_sampling_seed(chunk_index):
-                    output = self.model.generate(
-                        **encoded, **action.to_generation_kwargs(), max_new_tokens=self.args.max_new_tokens
-                    )
-                completions = self.tokenizer.batch_decode(
-                    output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-                rewards, _ = self._score(chunk, completions)
-                totals += torch.tensor([float(rewards.sum()), len(rewards)], device=totals.device)
-            totals = self.accelerator.reduce(totals, "sum")
+            totals = self._validate(ConstantPolicy.static(action, level=self.unwrapped_adapter.level), False)
             results[action.name] = float(totals[0] / totals[1].clamp(min=1))
         return results
 

@@ -505,3 +505,29 @@ def test_decoders_must_be_given_with_distinct_names_and_the_dataset_not_empty(ll
         evaluate_decoders(llama, tokenizer, [], dataset, even_length, **KWARGS)
     with pytest.raises(ValueError, match="evaluation dataset is empty"):
         evaluate_decoders(llama, tokenizer, [greedy], dataset.select([]), even_length, **KWARGS)
+
+
+def test_a_static_decoder_and_an_adapter_that_always_picks_its_action_score_the_same(llama, tmp_path):
+    """Every decoder draws the same random numbers per (seed, problem, sample, position): an adapter whose sampled
+    action is always T=1 scores what `Decoder.static("T=1")` scores, sample by sample; another batch size changes
+    nothing."""
+    actions = [DecodingAction(do_sample=False), DecodingAction(temperature=1.0)]
+    adapter = AutoDecodingAdapter.for_model(llama, AdaptiveDecodingConfig(actions=actions, level="token"))
+    with torch.no_grad():
+        adapter.output_layer.bias[1] = 100.0
+    decoders = [Decoder.static("T=1", "T=1"), Decoder.adapter("pinned", adapter.eval(), deterministic=False)]
+    dataset = Dataset.from_dict({"prompt": PROMPTS * 3})
+    options = {**KWARGS, "token_budgets": (6,), "seeds": (0,)}
+
+    def unit_rewards(cache, **overrides):
+        evaluate_decoders(
+            llama, make_char_tokenizer(), decoders, dataset, even_length, cache_dir=cache, **{**options, **overrides}
+        )
+        return [
+            json.loads((cache / f"{name}-b6-s0.json").read_text())["outcome"]["rewards"] for name in ("T_1", "pinned")
+        ]
+
+    static, pinned = unit_rewards(tmp_path / "a")
+    assert static == pinned
+    assert len({tuple(row) for row in static}) > 1  # samples differ: it really samples
+    assert unit_rewards(tmp_path / "b", rows_per_batch=4) == [static, pinned]

@@ -450,3 +450,36 @@ def test_custom_route_removes_the_warpers_of_the_models_sampling_defaults(llama)
     inputs = left_padded_batch()
     ours = llama.generate(**inputs, custom_generate=adaptive_generate, decoding_adapter=adapter, max_new_tokens=8)
     assert torch.equal(ours, llama.generate(**inputs, do_sample=False, max_new_tokens=8))
+
+
+@pytest.mark.parametrize("action_index", [0, 1])
+def test_an_adapter_that_samples_its_action_draws_the_tokens_transformers_would(tiny_model, action_index):
+    """Sampled (not deterministic) actions come from a stream of their own: a policy that always picks one action
+    generates token for token what transformers generates with that action's settings under the same seed."""
+    inputs = left_padded_batch()
+    adapter = forced_adapter(tiny_model, TOKEN_ACTIONS, action_index)
+    torch.manual_seed(321)
+    ours = tiny_model.generate(**inputs, decoding_adapter=adapter, max_new_tokens=12)
+    torch.manual_seed(321)
+    plain = tiny_model.generate(**inputs, **TOKEN_ACTIONS[action_index].to_generation_kwargs(), max_new_tokens=12)
+    assert torch.equal(ours, plain)
+
+
+def test_a_fresh_adapter_decides_without_dropout_and_keeps_its_training_flag(llama, tmp_path):
+    """`for_model` returns a module in training mode; generate decides without dropout, so the same adapter saved
+    and reloaded generates the same under one seed, and the adapter is still in training mode afterwards."""
+    config = AdaptiveDecodingConfig(actions=TOKEN_ACTIONS, level="token")
+    adapter = AutoDecodingAdapter.for_model(llama, config, dropout=0.5)
+    with torch.no_grad():
+        adapter.output_layer.weight.normal_(0, 1.0)  # a policy that depends on what it sees
+    assert adapter.training
+    inputs = left_padded_batch()
+    torch.manual_seed(9)
+    fresh = llama.generate(**inputs, decoding_adapter=adapter, max_new_tokens=10, return_dict_in_generate=True)
+    assert adapter.training
+    adapter.save_pretrained(tmp_path)
+    reloaded = AutoDecodingAdapter.from_pretrained(tmp_path)
+    torch.manual_seed(9)
+    again = llama.generate(**inputs, decoding_adapter=reloaded, max_new_tokens=10, return_dict_in_generate=True)
+    assert torch.equal(fresh.sequences, again.sequences)
+    assert torch.equal(fresh.decoding_action_probs, again.decoding_action_probs)

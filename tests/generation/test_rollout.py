@@ -305,3 +305,52 @@ def test_constant_policy_rollouts(llama, level):
         assert batch.entropies.shape == (decisions,) and batch.budgets[:4].tolist() == [6.0] * 4
     else:
         assert batch.entropies is None and batch.budgets.tolist() == [2.0, 1.0, 1.0]
+
+
+def test_a_static_action_and_a_policy_that_always_picks_it_sample_the_same_tokens(llama):
+    """Under sampling, with one set of noise keys: `ConstantPolicy.static(a)` at token and sequence level, and an
+    adapter whose sampled action is always `a`, give token for token the same rollouts."""
+    from hf_adaptive_decoding.generation.policies import ConstantPolicy
+
+    inputs = left_padded_batch()
+    keys = torch.tensor([11, 22, 33])
+    action = TOKEN_ACTIONS[1]
+    runs = [
+        _rollout(llama, policy, inputs, [3, 2, 3], [10, 8, 10], noise_keys=keys)
+        for policy in (
+            ConstantPolicy.static(action, level="token"),
+            ConstantPolicy.static(action, level="sequence"),
+            ConstantPolicy(TOKEN_ACTIONS, [0.0, 1.0], level="token"),
+            forced_adapter(llama, TOKEN_ACTIONS, 1),
+            forced_adapter(llama, TOKEN_ACTIONS, 1, level="sequence"),
+        )
+    ]
+    for run in runs[1:]:
+        assert torch.equal(run.completion_ids, runs[0].completion_ids)
+    assert len(set(map(tuple, runs[0].completion_ids.tolist()))) > 1  # it really samples
+
+
+def test_a_rows_tokens_depend_on_its_key_and_sample_index_only(llama):
+    """A prompt's samples are the same alone or next to other prompts, with more samples after them, or fewer rows
+    finishing around them; another key gives other samples."""
+    from hf_adaptive_decoding.generation.policies import ConstantPolicy
+
+    policy = ConstantPolicy.static(TOKEN_ACTIONS[1], level="token")
+    batch = left_padded_batch()
+    together = _rollout(llama, policy, batch, [2, 4, 2], [10, 6, 10], noise_keys=torch.tensor([5, 6, 7]))
+    first = {k: v[:1] for k, v in batch.items()}
+    alone = _rollout(llama, policy, first, [3], [10], noise_keys=torch.tensor([5]))
+    assert torch.equal(alone.completion_ids[:2], together.completion_ids[:2])
+    other = _rollout(llama, policy, first, [2], [10], noise_keys=torch.tensor([8]))
+    assert not torch.equal(other.completion_ids, together.completion_ids[:2])
+
+
+def test_sample_indices_choose_whose_noise_a_row_draws(llama):
+    from hf_adaptive_decoding.generation.policies import ConstantPolicy
+
+    policy = ConstantPolicy.static(TOKEN_ACTIONS[1], level="token")
+    first = {k: v[:1] for k, v in left_padded_batch().items()}
+    shared = _rollout(
+        llama, policy, first, [3], [10], noise_keys=torch.tensor([4]), sample_indices=torch.zeros(3).long()
+    )
+    assert (shared.completion_ids == shared.completion_ids[:1]).all()

@@ -13,6 +13,7 @@ from hf_adaptive_decoding import (
     DecodingAction,
 )
 from hf_adaptive_decoding.rewards.math_rewards import RewardFunctionError
+from hf_adaptive_decoding.data.prompting import encode_prompts
 from hf_adaptive_decoding.training import checkpointing
 from tests.conftest import make_char_tokenizer, make_tiny_model
 
@@ -333,7 +334,8 @@ def test_conversational_prompts_get_the_instruction_and_conversational_completio
     trainer.eval_dataset = None
     trainer.train()
     assert seen and all(isinstance(c, list) and c[0]["role"] == "assistant" for c in seen)
-    encoded = trainer._encode(trainer.train_dataset.select([0]).to_list(), [False])
+    prompt = trainer.train_dataset[0]["prompt"]
+    encoded = encode_prompts(trainer.tokenizer, [prompt], [trainer.args.instruction], trainer.args.system_prompt)
     text = trainer.tokenizer.decode(encoded["input_ids"][0], skip_special_tokens=True)
     assert text.startswith("Add 0 and 0.\n" + trainer.args.instruction)
 
