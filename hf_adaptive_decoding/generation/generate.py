@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
-from transformers.generation import GenerationMixin
-from transformers.generation.configuration_utils import GenerationMode
+from transformers.generation import GenerationMixin, GenerationMode
 from transformers.generation.logits_process import (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
@@ -28,6 +27,13 @@ from transformers.generation.logits_process import (
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from ..adapters.modeling import DecodingAdapterModel
+from ..compat import (
+    default_generation_params,
+    generate_warper_count,
+    prepare_generation_config,
+    sample,
+    streamer_of_calling_generate,
+)
 from ..speculative.generate import speculative_generate
 from ..speculative.modeling import DraftAdapterModel
 from .decision import DecisionStep, deciding, token_ids
@@ -297,7 +303,7 @@ def generate(
         and (generation_config is None or generation_config.max_length is None)
         and self.generation_config.max_length is None
     )
-    resolved_config, _ = self._prepare_generation_config(generation_config, **kwargs)
+    resolved_config = prepare_generation_config(self, generation_config, **kwargs)
     _check_generation_mode(resolved_config, kwargs.get("assistant_model"))
     token_budget = _token_budget(self, resolved_config, default_max_length, inputs, kwargs)
     with HiddenStateCapture(self, decoding_adapter.prompt_pooling) as capture, deciding(decoding_adapter):
@@ -344,19 +350,15 @@ def adaptive_generate(
     # (do_sample is already resolved to False when unset, so an explicit False cannot be told apart: it is ignored.)
     requested = {k: v for k, v in generation_config.to_dict().items() if k != "do_sample"}
     model_defaults = {k: v for k, v in model.generation_config.to_dict().items() if v is not None}
-    defaults = {**GenerationConfig._get_default_generation_params(), **model_defaults}  # e.g. top_k=50
+    defaults = {**default_generation_params(), **model_defaults}  # e.g. top_k=50
     _raise_for_conflicts(_sampling_conflicts(requested, defaults))
     processors_config = generation_config  # what generate built `logits_processor` from
     generation_config = copy.deepcopy(generation_config)
     generation_config.do_sample = True
     _check_generation_mode(generation_config)
-    if streamer is None:
-        # transformers <= 5.23 drops `streamer` and `synced_gpus` for custom_generate callables (it keeps only the
-        # callable's extra arguments), so we read them from the calling generate() frame when it is there.
-        caller = inspect.currentframe().f_back
-        if caller is not None and caller.f_code.co_name == "generate":
-            streamer = caller.f_locals.get("streamer")
-            synced_gpus = bool(caller.f_locals.get("synced_gpus") or synced_gpus)
+    if streamer is None:  # transformers drops them for custom_generate callables (see compat)
+        streamer, caller_synced = streamer_of_calling_generate(inspect.currentframe().f_back)
+        synced_gpus = synced_gpus or caller_synced
     with HiddenStateCapture(model, decoding_adapter.prompt_pooling) as capture, deciding(decoding_adapter):
         processor = AdaptiveDecodingProcessor(
             decoding_adapter,
@@ -367,7 +369,7 @@ def adaptive_generate(
             deterministic=deterministic,
         )
         processors = _replace_generate_warpers(logits_processor, processors_config, processor)
-        result = GenerationMixin._sample(
+        result = sample(
             model,
             input_ids,
             logits_processor=processors,
@@ -378,24 +380,6 @@ def adaptive_generate(
             **model_kwargs,
         )
     return _with_actions(result, processor, generation_config)
-
-
-def _generate_warper_count(config: GenerationConfig) -> int:
-    """How many warpers generate appended for `config` (its rule in `_get_logits_processor`)."""
-    if not config.do_sample:
-        return 0
-    return sum(
-        [
-            config.temperature is not None and config.temperature != 1.0,
-            config.top_h is not None,
-            config.top_k is not None and config.top_k != 0,
-            config.top_p is not None and config.top_p < 1.0,
-            config.min_p is not None,
-            config.typical_p is not None and config.typical_p < 1.0,
-            config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0,
-            config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0,
-        ]
-    )
 
 
 def _replace_generate_warpers(
@@ -409,7 +393,7 @@ def _replace_generate_warpers(
     tail = []
     while processors and isinstance(processors[-1], TAIL_PROCESSORS):
         tail.insert(0, processors.pop())
-    for _ in range(_generate_warper_count(generation_config)):
+    for _ in range(generate_warper_count(generation_config)):
         if processors and isinstance(processors[-1], BUILTIN_WARPERS):
             processors.pop()
     return LogitsProcessorList([*processors, adapter_processor, *tail])
