@@ -139,24 +139,7 @@ def evaluate_strategies(
             progress.update(len(batch_keys))
             continue
         rows = dataset.select(range(start, start + len(batch_keys))).to_list()
-        scored = rollout_and_score(
-            model,
-            tokenizer,
-            policy,
-            rows,
-            reward_funcs,
-            num_samples=len(strategies),
-            token_budgets=max_new_tokens,
-            instructions=instruction,
-            system_prompt=system_prompt,
-            seed=seed,
-            problem_ids=batch_keys,
-            fixed_actions=torch.arange(len(strategies), device=model.device).repeat(len(rows)),
-            # Every strategy of a problem draws its first sample's random numbers: strategies are compared pairwise.
-            sample_indices=torch.zeros(len(rows) * len(strategies), dtype=torch.long, device=model.device),
-            reward_timeout=reward_timeout,
-        )
-        rewards = scored.rewards
+        rewards = _reward_strategies(model, tokenizer, policy, rows, batch_keys, reward_funcs, context, reward_timeout)
         entries = [
             (batch_keys[i // len(strategies)], names[i % len(strategies)], float(reward))
             for i, reward in enumerate(rewards.tolist())
@@ -167,6 +150,29 @@ def evaluate_strategies(
         progress.update(len(batch_keys))
     progress.close()
     return torch.tensor([[known[(key, name)] for name in names] for key in keys])
+
+
+def _reward_strategies(model, tokenizer, policy, rows, keys, reward_funcs, context, reward_timeout) -> torch.Tensor:
+    """One sample of every strategy on each of `rows`, all on the problem's first sample's random numbers (so the
+    strategies are compared pairwise); rewards laid out problem-major."""
+    count = len(policy.decoding_config.actions)
+    scored = rollout_and_score(
+        model,
+        tokenizer,
+        policy,
+        rows,
+        reward_funcs,
+        num_samples=count,
+        token_budgets=context["max_new_tokens"],
+        instructions=context["instruction"],
+        system_prompt=context["system_prompt"],
+        seed=context["seed"],
+        problem_ids=keys,
+        fixed_actions=torch.arange(count, device=model.device).repeat(len(rows)),
+        sample_indices=torch.zeros(len(rows) * count, dtype=torch.long, device=model.device),
+        reward_timeout=reward_timeout,
+    )
+    return scored.rewards
 
 
 def greedy_coverage(rewards: torch.Tensor, k: int) -> list[int]:

@@ -3,6 +3,7 @@ report Pass@k with confidence intervals (the paper's Tables 1 and 5)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -191,15 +192,7 @@ def evaluate_decoders(
         (generated tokens of every sample) and `token_entropy` (per-token entropy and chosen action, token-level
         decoders).
     """
-    names = [decoder.name for decoder in decoders]
-    if not decoders or len(set(names)) != len(names):
-        raise ValueError(f"Give at least one decoder, with distinct names; got {names}.")
-    if len(dataset) == 0:
-        raise ValueError("The evaluation dataset is empty.")
-    if not ks or max(ks) > num_samples or min(ks) < 1:
-        raise ValueError(f"ks must be in [1, num_samples={num_samples}], got {list(ks)}.")
-    if reference is not None and reference not in names:
-        raise ValueError(f"reference {reference!r} is not one of the decoders {names}.")
+    _check_evaluation(decoders, dataset, ks, num_samples, reference)
     reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     rows = dataset.to_list()
     settings = {
@@ -233,26 +226,42 @@ def evaluate_decoders(
         for seed in seeds
         for parallel in (ks if decoder.budget_aware else [None])
     ]
+    run = functools.partial(_run_unit, model, tokenizer, rows=rows, reward_funcs=reward_funcs, options=options)
+    outcomes = _run_units(units, run, settings, cache_dir, len(rows), disable_tqdm)
+    return _summarise(decoders, outcomes, settings, reference, success_threshold)
+
+
+def _check_evaluation(decoders, dataset, ks, num_samples, reference) -> None:
+    names = [decoder.name for decoder in decoders]
+    if not decoders or len(set(names)) != len(names):
+        raise ValueError(f"Give at least one decoder, with distinct names; got {names}.")
+    if len(dataset) == 0:
+        raise ValueError("The evaluation dataset is empty.")
+    if not ks or max(ks) > num_samples or min(ks) < 1:
+        raise ValueError(f"ks must be in [1, num_samples={num_samples}], got {list(ks)}.")
+    if reference is not None and reference not in names:
+        raise ValueError(f"reference {reference!r} is not one of the decoders {names}.")
+
+
+def _run_units(units, run, settings, cache_dir, num_rows, disable_tqdm) -> dict[tuple, dict[str, Any]]:
+    """Each (decoder, budget, seed, B) from the cache when it holds it for the same context, else run and cached."""
+    # What decides a unit's outcome (not the other seeds or budgets of this call): units are shared by calls.
+    shared = ("seeds", "token_budgets", "ks", "success_threshold")
+    fixed = {key: value for key, value in settings.items() if key not in shared}
     outcomes: dict[tuple, dict[str, Any]] = {}
-    progress = tqdm(total=len(units) * len(rows), desc="Evaluating decoders", disable=disable_tqdm)
+    progress = tqdm(total=len(units) * num_rows, desc="Evaluating decoders", disable=disable_tqdm)
     for decoder, budget, seed, parallel in units:
         progress.set_postfix(decoder=decoder.name, budget=budget, seed=seed)
-        # What decides a unit's outcome (not the other seeds or budgets of this call): units are shared by calls.
-        fixed = {
-            key: value
-            for key, value in settings.items()
-            if key not in ("seeds", "token_budgets", "ks", "success_threshold")
-        }
         context = {**fixed, "decoder": decoder.description, "budget": budget, "seed": seed, "B": parallel}
         path = _unit_path(cache_dir, decoder.name, budget, seed, parallel)
         outcome = _load_unit(path, context)
         if outcome is None:
-            outcome = _run_unit(model, tokenizer, decoder, rows, reward_funcs, budget, seed, parallel, options)
+            outcome = run(decoder=decoder, budget=budget, seed=seed, parallel=parallel)
             _save_unit(path, context, outcome)
         outcomes[(decoder.name, budget, seed, parallel)] = outcome
-        progress.update(len(rows))
+        progress.update(num_rows)
     progress.close()
-    return _summarise(decoders, outcomes, settings, reference, success_threshold)
+    return outcomes
 
 
 def _run_unit(model, tokenizer, decoder, rows, reward_funcs, budget, seed, parallel, options) -> dict[str, Any]:
