@@ -8,12 +8,22 @@ the ones `pyproject.toml` pins.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import types
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from transformers import GenerationConfig, PreTrainedModel
-from transformers.generation import GenerationMixin
+import torch
+from transformers import GenerationConfig, PreTrainedModel, StoppingCriteriaList
+from transformers.generation import (
+    AssistedCandidateGenerator,
+    CandidateGenerator,
+    EarlyExitCandidateGenerator,
+    GenerationMixin,
+    PromptLookupCandidateGenerator,
+)
 
 # ------------------------------------------------------------------------------------------ generation (generate.py)
 
@@ -87,3 +97,121 @@ def logits_processors_of_generate(model: PreTrainedModel, generation_config: Gen
 
 
 # ------------------------------------------------------------------------------------------ speculative decoding
+
+
+CandidateWrapper = Callable[[CandidateGenerator, GenerationConfig], CandidateGenerator]
+_CANDIDATE_SOURCES = {
+    AssistedCandidateGenerator: "assistant_model",
+    EarlyExitCandidateGenerator: "early_exit",
+    PromptLookupCandidateGenerator: "prompt_lookup",
+}
+
+
+@contextlib.contextmanager
+def candidate_generators_wrapped(model: PreTrainedModel, wrap: CandidateWrapper) -> Iterator[None]:
+    """
+    Within the block, every candidate generator assisted decoding builds for `model` is replaced by `wrap(generator,
+    generation_config)`, with the call's resolved config: `GenerationMixin._get_candidate_generator`, which
+    `_assisted_decoding` looks up on the instance, is shadowed there for the block only. The replacement is driven
+    through the `CandidateGenerator` interface: `get_candidates(input_ids)` before each verification, then
+    `update_candidate_strategy(input_ids, scores, num_matches)` with the target's scores at every candidate position
+    plus one.
+    """
+    factory = type(model)._get_candidate_generator
+    signature = inspect.signature(factory)
+
+    def wrapped_factory(self: PreTrainedModel, *args: Any, **kwargs: Any) -> CandidateGenerator:
+        generation_config = signature.bind(self, *args, **kwargs).arguments["generation_config"]
+        return wrap(factory(self, *args, **kwargs), generation_config)
+
+    model._get_candidate_generator = types.MethodType(wrapped_factory, model)
+    try:
+        yield
+    finally:
+        del model._get_candidate_generator
+
+
+def candidate_source(generator: CandidateGenerator) -> str | None:
+    """
+    Which candidate source `generator` is: `"assistant_model"` (a draft model with the target's tokenizer),
+    `"early_exit"` or `"prompt_lookup"`, by its exact class; `None` for any other (a draft with another tokenizer,
+    multi-token prediction, ...), whose internals [`cap_draft_length`] and [`add_draft_stopping_criteria`] do not know.
+    """
+    return _CANDIDATE_SOURCES.get(type(generator))
+
+
+def cap_draft_length(generator: CandidateGenerator, max_tokens: int) -> None:
+    """
+    Make `generator` propose up to `max_tokens` per cycle, every cycle. A draft model or early exit drafts that many
+    unless a stopping criterion stops it: `num_assistant_tokens` is set (its schedule runs only in its own
+    `update_candidate_strategy`, which a wrapper does not call) and `assistant_confidence_threshold` is switched off in
+    its own copy of the generation config. Prompt lookup: `num_output_tokens`.
+    """
+    source = candidate_source(generator)
+    if source is None:
+        raise TypeError(f"cap_draft_length does not know the internals of {type(generator).__name__}.")
+    if source == "prompt_lookup":
+        generator.num_output_tokens = max_tokens
+    else:
+        generator.num_assistant_tokens = max_tokens
+        generator.generation_config.assistant_confidence_threshold = 0.0
+
+
+def add_draft_stopping_criteria(generator: CandidateGenerator, criteria: StoppingCriteriaList) -> None:
+    """
+    Have a draft model or early exit stop drafting on `criteria` too: its draft `generate` call gets them as
+    `stopping_criteria` (`AssistedCandidateGenerator._prepare_generation_args`, shadowed on the instance). Each
+    criterion is called after every drafted token with the draft's ids so far and the tuple of its scores, one
+    `(batch, vocab)` entry per token drafted in this cycle.
+    """
+    if candidate_source(generator) not in ("assistant_model", "early_exit"):
+        raise TypeError(f"{type(generator).__name__} drafts without a generate call: it takes no stopping criteria.")
+    prepare = generator._prepare_generation_args
+
+    def prepare_with_criteria(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {**prepare(*args, **kwargs), "stopping_criteria": criteria}
+
+    generator._prepare_generation_args = prepare_with_criteria
+
+
+@contextlib.contextmanager
+def early_exit_layer_count_kept(model: PreTrainedModel) -> Iterator[None]:
+    """
+    Early exit drafts with the target itself: `EarlyExitCandidateGenerator.get_candidates` sets the base model's
+    `config.num_hidden_layers` to the exit layer while it drafts, and does not set it back when drafting raises. This
+    sets it back on leaving the block.
+    """
+    config = getattr(model, model.base_model_prefix, model).config
+    num_layers = getattr(config, "num_hidden_layers", None)
+    try:
+        yield
+    finally:
+        if num_layers is not None:
+            config.num_hidden_layers = num_layers
+
+
+def prompt_lookup(
+    eos_token_ids: list[int],
+    max_tokens: int,
+    max_matching_ngram_size: int,
+    max_length: int,
+    device: torch.device | str | None = None,
+) -> Callable[[torch.LongTensor], torch.LongTensor]:
+    """
+    What `generate(prompt_lookup_num_tokens=max_tokens, max_matching_ngram_size=..., max_length=...)` proposes after
+    a prefix, as a function of the prefix `(1, length)` that returns the proposed tokens `(k,)`, `k <= max_tokens`
+    (none where no n-gram matches): `PromptLookupCandidateGenerator`, built as `_get_candidate_generator` builds it
+    (without logits processors).
+    """
+    lookup = PromptLookupCandidateGenerator(
+        eos_token_id=torch.tensor(eos_token_ids, device=device),
+        num_output_tokens=max_tokens,
+        max_matching_ngram_size=max_matching_ngram_size,
+        max_length=max_length,
+    )
+
+    def propose(prefix: torch.LongTensor) -> torch.LongTensor:
+        candidates, _ = lookup.get_candidates(prefix)
+        return candidates[0, prefix.shape[1] :]
+
+    return propose

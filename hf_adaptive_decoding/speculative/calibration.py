@@ -10,29 +10,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .modeling import DraftAdapterModel
-from .simulation import CycleCostModel, Source
+from .simulation import CycleCostModel
+from .sources import Source, source_kwargs
 
 MIN_CYCLES_PER_LENGTH = 3
-
-
-def source_kwargs(
-    source: Source,
-    max_draft_tokens: int,
-    draft_model: PreTrainedModel | None = None,
-    early_exit_layer: int | None = None,
-) -> dict:
-    """The `generate()` arguments that select `source` as the candidate source."""
-    if source == "assistant_model":
-        if draft_model is None:
-            raise ValueError("source='assistant_model' needs a draft model.")
-        return {"assistant_model": draft_model}
-    if source == "early_exit":
-        if early_exit_layer is None:
-            raise ValueError("source='early_exit' needs early_exit_layer.")
-        return {"assistant_early_exit": early_exit_layer}
-    if source == "prompt_lookup":
-        return {"prompt_lookup_num_tokens": max_draft_tokens}
-    raise ValueError(f"source must be 'assistant_model', 'early_exit' or 'prompt_lookup', got {source!r}.")
 
 
 def _steady_step_seconds(model: PreTrainedModel, input_ids: torch.LongTensor, max_new_tokens: int) -> float:
@@ -80,28 +61,44 @@ def calibrate_cost_model(
         raise ValueError("calibrate_cost_model needs at least one prompt.")
     kwargs = source_kwargs(source, max_draft_tokens, draft_model, early_exit_layer)
     lengths = list(range(1, max_draft_tokens + 1))
+    progress = tqdm(total=len(prompts) * (len(lengths) + 1), desc=f"Calibrating {source}", disable=disable_tqdm)
     points: list[tuple[int, float]] = []
     plain: list[float] = []
-    progress = tqdm(total=len(prompts) * (len(lengths) + 1), desc=f"Calibrating {source}", disable=disable_tqdm)
     for index, input_ids in enumerate(prompts):
         plain.append(_steady_step_seconds(model, input_ids, max_new_tokens))
         progress.update(1)
         rotated = lengths[index % len(lengths) :] + lengths[: index % len(lengths)]  # spread drifts over all k
         for k in rotated:
-            fixed = DraftAdapterModel.for_model(model, max_draft_tokens=k, initial_stop_probability=1e-4)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                decoding_adapter=fixed,
-                deterministic=True,
-                return_dict_in_generate=True,
-                **kwargs,
-            )
-            points += list(zip(out.draft_lengths[1:].tolist(), out.cycle_seconds[1:].tolist(), strict=True))
+            points += _timed_cycles(model, input_ids, k, max_new_tokens, kwargs)
             progress.update(1)
     progress.close()
+    return _fit_cost_model(source, points, statistics.median(plain), max_draft_tokens)
+
+
+def _timed_cycles(
+    model: PreTrainedModel, input_ids: torch.LongTensor, max_draft_tokens: int, max_new_tokens: int, kwargs: dict
+) -> list[tuple[int, float]]:
+    """`(tokens drafted, seconds)` of each cycle of one greedy call that drafts `max_draft_tokens` wherever it can
+    (the first cycle, which carries the prefill, left out)."""
+    fixed = DraftAdapterModel.for_model(model, max_draft_tokens=max_draft_tokens, initial_stop_probability=1e-4)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        decoding_adapter=fixed,
+        deterministic=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    return list(zip(out.draft_lengths[1:].tolist(), out.cycle_seconds[1:].tolist(), strict=True))
+
+
+def _fit_cost_model(
+    source: Source, points: list[tuple[int, float]], plain_step: float, max_draft_tokens: int
+) -> CycleCostModel:
+    """The line fitted to the cycles that drafted, and the table of per-length medians (the line where a length was
+    seen fewer than `MIN_CYCLES_PER_LENGTH` times)."""
     drafting = [(k, s) for k, s in points if k > 0]
     if len({k for k, _ in drafting}) < 2:
         raise ValueError(
@@ -125,7 +122,7 @@ def calibrate_cost_model(
         source=source,
         intercept=intercept,
         per_token=per_token,
-        plain_step=statistics.median(plain),
+        plain_step=plain_step,
         measurements=[[k, statistics.median(v), len(v)] for k, v in sorted(by_length.items())],
         seconds_by_length=table,
     )

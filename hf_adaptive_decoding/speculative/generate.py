@@ -8,28 +8,17 @@ verification and acceptance code (and hence the output distribution) is transfor
 from __future__ import annotations
 
 import copy
-import math
 import time
-import types
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.candidate_generator import (
-    AssistedCandidateGenerator,
-    CandidateGenerator,
-    EarlyExitCandidateGenerator,
-    PromptLookupCandidateGenerator,
-)
-from transformers.generation.configuration_utils import GenerationMode
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+from transformers.generation import CandidateGenerator, GenerateDecoderOnlyOutput, GenerationMode
 
-from ..generation.features import next_token_entropy
-from .modeling import DRAFT_FEATURES, DraftAdapterModel, IncompatibleDraftSourceError
-
-ACCEPTANCE_EMA_DECAY = 0.8
-REMAINING_TOKENS_SCALE = math.log1p(1024)
+from .. import compat
+from .features import DraftFeatureState, draft_token_stats
+from .modeling import DraftAdapterModel, IncompatibleDraftSourceError
 
 
 @dataclass
@@ -75,22 +64,16 @@ class _PolicyStop(StoppingCriteria):
         self.controller = controller
 
     def __call__(self, input_ids: torch.LongTensor, scores: tuple[torch.Tensor, ...], **kwargs) -> torch.BoolTensor:
-        drafted = len(scores)
-        logits = scores[-1].float()
-        probs = logits.softmax(dim=-1)
-        token_prob = probs.gather(-1, input_ids[:, -1:]).squeeze(-1)
-        top2 = probs.topk(2, dim=-1).values
-        entropy = next_token_entropy(logits) / math.log(logits.shape[-1])
-        return self.controller.decide(
-            drafted, input_ids.shape[1], token_prob, entropy, top2[:, 0] - top2[:, 1], has_draft_probs=True
-        )
+        _, stats = draft_token_stats(scores[-1], input_ids[:, -1])
+        return self.controller.decide_after_token(len(scores), input_ids.shape[1], stats)
 
 
 class LearnedDraftGenerator(CandidateGenerator):
     """
     Wraps the candidate generator transformers built for this call (a draft model, early exit, or prompt lookup) and
     lets a [`DraftAdapterModel`] decide each cycle's draft length, token by token: before the first token (a cycle
-    that drafts nothing costs a plain decoding step) and after each drafted one.
+    that drafts nothing costs a plain decoding step) and after each drafted one. Its features come from a
+    [`DraftFeatureState`], as in the replay.
 
     - Draft model and early exit: the adapter's first decision is taken before the draft runs; then the draft runs up
       to `max_draft_tokens`, and a stopping criterion asks the adapter after each token (transformers' fixed
@@ -109,97 +92,58 @@ class LearnedDraftGenerator(CandidateGenerator):
         max_length: int,
         deterministic: bool = False,
     ):
-        self.source, self.adapter, self.hidden_states = source, adapter, hidden_states
-        self.max_length, self.deterministic = max_length, deterministic
-        self.max_draft = adapter.max_draft_tokens
-        if type(source) in (AssistedCandidateGenerator, EarlyExitCandidateGenerator):
-            self.kind = "early_exit" if isinstance(source, EarlyExitCandidateGenerator) else "assistant_model"
-            source.num_assistant_tokens = self.max_draft
-            source.generation_config.assistant_confidence_threshold = 0.0  # the source's own copy of the config
-            prepare = source._prepare_generation_args
-            stop = StoppingCriteriaList([_PolicyStop(self)])
-
-            def prepare_with_policy(_, *args, **kwargs):
-                return {**prepare(*args, **kwargs), "stopping_criteria": stop}
-
-            source._prepare_generation_args = types.MethodType(prepare_with_policy, source)
-        elif type(source) is PromptLookupCandidateGenerator:
-            self.kind = "prompt_lookup"
-            source.num_output_tokens = self.max_draft
-        else:
+        self.kind = compat.candidate_source(source)
+        if self.kind is None:
             raise IncompatibleDraftSourceError(
                 f"A draft adapter controls a draft model (assistant_model= with the target's tokenizer), early exit "
                 f"(assistant_early_exit=) or prompt lookup (prompt_lookup_num_tokens=); this call uses "
                 f"{type(source).__name__}."
             )
-        device = adapter.device
-        self.hidden = torch.zeros(1, adapter.config.base_model_hidden_size, device=device, dtype=adapter.dtype)
-        self.has_hidden = 0.0
-        self.acceptance_ema, self.last_accepted = 0.5, 0.0
-        self.cumulative_prob = torch.ones(1, device=device)
+        self.source, self.adapter, self.hidden_states = source, adapter, hidden_states
+        self.max_length, self.deterministic = max_length, deterministic
+        self.max_draft = adapter.max_draft_tokens
+        compat.cap_draft_length(source, self.max_draft)
+        if self.kind != "prompt_lookup":
+            compat.add_draft_stopping_criteria(source, StoppingCriteriaList([_PolicyStop(self)]))
+        self.state = DraftFeatureState(1, self.max_draft, adapter.device)
+        self.hidden = torch.zeros(1, adapter.config.base_model_hidden_size, device=adapter.device, dtype=adapter.dtype)
         self.cycle_start = 0.0
         self.draft_lengths: list[int] = []
         self.accepted_lengths: list[int] = []
         self.cycle_seconds: list[float] = []
 
-    def features(self, drafted: torch.Tensor, length: torch.Tensor, token_prob, entropy, margin, has_draft_probs):
-        """`DRAFT_FEATURES` rows for drafted-token counts `drafted` at sequence lengths `length`, both `(rows,)`."""
-        rows = drafted.shape[0]
-        constant = torch.tensor(
-            [float(has_draft_probs), self.acceptance_ema, self.last_accepted, self.has_hidden], device=drafted.device
-        ).expand(rows, -1)
-        remaining = torch.log1p((self.max_length - length).clamp(min=0).float()) / REMAINING_TOKENS_SCALE
-        columns = {
-            "draft_prob": token_prob,
-            "draft_entropy": entropy,
-            "draft_margin": margin,
-            "has_draft_probs": constant[:, 0],
-            "cumulative_draft_prob": self.cumulative_prob.expand(rows) * token_prob if has_draft_probs else token_prob,
-            "position": drafted.float() / self.max_draft,
-            "acceptance_ema": constant[:, 1],
-            "last_accepted": constant[:, 2],
-            "remaining_tokens": remaining,
-            "has_hidden_state": constant[:, 3],
-        }
-        return torch.stack([columns[name].float() for name in DRAFT_FEATURES], dim=-1)
+    def _stops(
+        self, drafted: torch.Tensor, length: torch.Tensor, stats: torch.Tensor, has_draft_probs: torch.Tensor
+    ) -> torch.BoolTensor:
+        """The adapter's decisions after `drafted` tokens of this cycle at sequence lengths `length` (all `(n,)`)."""
+        features = self.state.features(drafted, self.max_length - length, stats, has_draft_probs)
+        stop, _ = self.adapter.decide_stop(features, self.hidden.expand(len(drafted), -1), self.deterministic)
+        return stop
 
-    def decide(self, drafted: int, length: int, token_prob, entropy, margin, has_draft_probs: bool) -> torch.Tensor:
-        """Stop after the `drafted`-th token of this cycle? (Always at `max_draft_tokens`.)"""
-        device = token_prob.device
-        rows = self.features(
-            torch.tensor([drafted], device=device),
-            torch.tensor([length], device=device),
-            token_prob,
-            entropy,
-            margin,
-            has_draft_probs,
-        )
-        self.cumulative_prob = self.cumulative_prob * token_prob
-        stop, _ = self.adapter.decide_stop(rows, self.hidden, self.deterministic)
+    def _stops_without_draft_probs(self, drafted: torch.Tensor, length: torch.Tensor) -> torch.BoolTensor:
+        """As `_stops`, where no token with draft probabilities was just drafted (before the first, prompt lookup)."""
+        stats = torch.zeros(len(drafted), 3, device=drafted.device)
+        return self._stops(drafted, length, stats, torch.zeros(len(drafted), dtype=torch.bool, device=drafted.device))
+
+    def decide_after_token(self, drafted: int, length: int, stats: torch.Tensor) -> torch.BoolTensor:
+        """Stop after the `drafted`-th token of this cycle, which brought the sequence to `length` tokens and has the
+        [`draft_token_stats`] `stats` `(1, 3)`? (Always at `max_draft_tokens`.)"""
+        device = self.adapter.device
+        stats, has_draft_probs = stats.to(device), torch.ones(1, dtype=torch.bool, device=device)
+        position = torch.tensor([drafted], device=device)
+        stop = self._stops(position, torch.tensor([length], device=device), stats, has_draft_probs)
+        self.state.add_token(stats, has_draft_probs)
         return stop | (drafted >= self.max_draft)
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
         self.cycle_start = time.perf_counter()
-        self.cumulative_prob = torch.ones(1, device=self.adapter.device)
+        if self.kind == "prompt_lookup":
+            return self._cut_lookup(input_ids)
         length = input_ids.shape[1]
-        if self.kind != "prompt_lookup":
-            # First decision: draft at all? (Not where transformers would draft nothing anyway.)
-            if min(self.max_draft, self.max_length - length - 1) > 0 and self._stops_before_drafting(length):
-                return input_ids, None
-            return self.source.get_candidates(input_ids)
-        candidate_ids, _ = self.source.get_candidates(input_ids)
-        drafted = candidate_ids.shape[1] - length
-        first = 0 if self.draft_lengths else 1  # the first cycle always drafts, as in `_stops_before_drafting`
-        if drafted <= first:
-            return candidate_ids, None
-        # Prompt lookup proposes its whole continuation at once: the adapter's decisions before tokens 1..drafted
-        # depend on nothing it decides, so they are taken in one batch and the proposal is cut at the first stop.
-        counts = torch.arange(first, drafted, device=self.adapter.device)
-        zeros = torch.zeros(len(counts), device=self.adapter.device)
-        rows = self.features(counts, length + counts, zeros, zeros, zeros, has_draft_probs=False)
-        stop, _ = self.adapter.decide_stop(rows, self.hidden.expand(len(counts), -1), self.deterministic)
-        keep = first + int(torch.cat([stop, stop.new_ones(1)]).float().argmax())
-        return candidate_ids[:, : length + keep], None
+        # First decision: draft at all? (Not where transformers would draft nothing anyway.)
+        if min(self.max_draft, self.max_length - length - 1) > 0 and self._stops_before_drafting(length):
+            return input_ids, None
+        return self.source.get_candidates(input_ids)
 
     def _stops_before_drafting(self, length: int) -> bool:
         # Not in the first cycle: the policy knows nothing yet, and transformers' draft model (or early exit) expects
@@ -207,34 +151,48 @@ class LearnedDraftGenerator(CandidateGenerator):
         if not self.draft_lengths:
             return False
         device = self.adapter.device
-        zero = torch.zeros(1, device=device)
-        rows = self.features(
-            torch.zeros(1, dtype=torch.long, device=device),
-            torch.tensor([length], device=device),
-            zero,
-            zero,
-            zero,
-            has_draft_probs=False,
-        )
-        stop, _ = self.adapter.decide_stop(rows, self.hidden, self.deterministic)
-        return bool(stop)
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        return bool(self._stops_without_draft_probs(zero, torch.tensor([length], device=device)))
+
+    def _cut_lookup(self, input_ids: torch.LongTensor) -> tuple[torch.LongTensor, None]:
+        """Prompt lookup proposes its whole continuation at once: the adapter's decisions before tokens 1..drafted
+        depend on nothing it decides, so they are taken in one batch and the proposal is cut at the first stop."""
+        candidate_ids, _ = self.source.get_candidates(input_ids)
+        length = input_ids.shape[1]
+        drafted = candidate_ids.shape[1] - length
+        first = 0 if self.draft_lengths else 1  # the first cycle always drafts, as in `_stops_before_drafting`
+        if drafted <= first:
+            return candidate_ids, None
+        counts = torch.arange(first, drafted, device=self.adapter.device)
+        stop = self._stops_without_draft_probs(counts, length + counts)
+        keep = first + int(torch.cat([stop, stop.new_ones(1)]).float().argmax())
+        return candidate_ids[:, : length + keep], None
 
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
         drafted = scores.shape[1] - 1
         self.draft_lengths.append(drafted)
         self.accepted_lengths.append(num_matches)
         self.cycle_seconds.append(time.perf_counter() - self.cycle_start)
-        if drafted > 0:
-            self.acceptance_ema = ACCEPTANCE_EMA_DECAY * self.acceptance_ema + (1 - ACCEPTANCE_EMA_DECAY) * (
-                num_matches / drafted
-            )
-        self.last_accepted = num_matches / self.max_draft
+        device = self.adapter.device
+        ends = torch.ones(1, dtype=torch.bool, device=device)
+        self.state.end_cycle(ends, torch.tensor([drafted], device=device), torch.tensor([num_matches], device=device))
         # The verification forward is the decoder's latest (drafting happens before it): its state at the last
         # accepted position is what produced the token the target just added.
         states = self.hidden_states.states
         if states is not None and self.adapter.config.use_hidden_state:
             self.hidden = states[:, states.shape[1] - (drafted + 1) + num_matches].to(self.adapter.dtype)
-        self.has_hidden = 1.0  # as in the replay, whether or not the policy reads the state
+
+
+def _check_assisted(model: PreTrainedModel, generation_config: GenerationConfig | None, kwargs: dict) -> None:
+    """Raise [`IncompatibleDraftSourceError`] unless this `generate` call runs assisted generation."""
+    resolved = compat.prepare_generation_config(model, copy.deepcopy(generation_config), **kwargs)
+    mode = resolved.get_generation_mode(kwargs.get("assistant_model"))
+    if mode != GenerationMode.ASSISTED_GENERATION:
+        raise IncompatibleDraftSourceError(
+            "A draft adapter sizes the drafts of speculative decoding: pass assistant_model=<draft model>, "
+            "prompt_lookup_num_tokens=<n> or assistant_early_exit=<layer> to generate() (this call would run "
+            f"{mode.value!r})."
+        )
 
 
 def speculative_generate(
@@ -242,7 +200,7 @@ def speculative_generate(
     adapter: DraftAdapterModel,
     original_generate,
     inputs: torch.Tensor | None,
-    generation_config,
+    generation_config: GenerationConfig | None,
     logits_processor,
     *args: Any,
     deterministic: bool = False,
@@ -252,36 +210,17 @@ def speculative_generate(
     if not isinstance(adapter, DraftAdapterModel):
         raise ValueError(f"Expected a DraftAdapterModel, got {type(adapter).__name__}.")
     adapter.check_compatible(model)
-    resolved, _ = model._prepare_generation_config(copy.deepcopy(generation_config), **kwargs)
-    mode = resolved.get_generation_mode(kwargs.get("assistant_model"))
-    if mode != GenerationMode.ASSISTED_GENERATION:
-        raise IncompatibleDraftSourceError(
-            "A draft adapter sizes the drafts of speculative decoding: pass assistant_model=<draft model>, "
-            "prompt_lookup_num_tokens=<n> or assistant_early_exit=<layer> to generate() (this call would run "
-            f"{mode.value!r})."
-        )
+    _check_assisted(model, generation_config, kwargs)
     controllers: list[LearnedDraftGenerator] = []
-    original_factory = type(model)._get_candidate_generator
-
     with _LastHiddenStates(model) as hidden_states:
 
-        def factory(self, **factory_kwargs):
-            source = original_factory(self, **factory_kwargs)
-            max_length = factory_kwargs["generation_config"].max_length
-            controllers.append(LearnedDraftGenerator(source, adapter, hidden_states, max_length, deterministic))
-            return controllers[-1]
+        def wrap(source: CandidateGenerator, resolved: GenerationConfig) -> LearnedDraftGenerator:
+            controller = LearnedDraftGenerator(source, adapter, hidden_states, resolved.max_length, deterministic)
+            controllers.append(controller)
+            return controller
 
-        # `_assisted_decoding` looks the factory up on the instance: shadow it for this call only.
-        model._get_candidate_generator = types.MethodType(factory, model)
-        # Early exit truncates the target's layer count while it drafts, without restoring it if drafting fails.
-        base_config = getattr(model, model.base_model_prefix, model).config
-        num_layers = getattr(base_config, "num_hidden_layers", None)
-        try:
+        with compat.candidate_generators_wrapped(model, wrap), compat.early_exit_layer_count_kept(model):
             result = original_generate(model, inputs, generation_config, logits_processor, *args, **kwargs)
-        finally:
-            del model._get_candidate_generator
-            if num_layers is not None:
-                base_config.num_hidden_layers = num_layers
     if not isinstance(result, GenerateDecoderOnlyOutput) or not controllers:
         return result
     controller = controllers[-1]

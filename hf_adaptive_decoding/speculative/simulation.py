@@ -4,7 +4,7 @@ With greedy decoding the target's output does not depend on how drafts are sized
 exactly when it equals the target's token at that position. So one greedy generation of the target and one
 teacher-forced pass of the draft (or, for prompt lookup, the lookup at every position) tell the outcome of every
 possible draft: a [`DraftTrace`]. [`simulate_drafting`] then replays any policy on many traces at once, pricing each
-cycle with a [`CycleCostModel`] fitted to this machine by [`calibrate_cost_model`](see `draft_calibration`).
+cycle with a [`CycleCostModel`] fitted to this machine by [`calibrate_cost_model`] (see `calibration`).
 
 One approximation: after the first rejected token of a cycle, the live draft model continues from its own tokens,
 while the replay shows the policy the teacher-forced draft statistics of those positions. Those tokens are rejected
@@ -14,20 +14,17 @@ either way; only the policy's view of them (and so when it stops) can differ.
 from __future__ import annotations
 
 import json
-import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
-from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
-from ..generation.features import next_token_entropy
-from .generate import ACCEPTANCE_EMA_DECAY, REMAINING_TOKENS_SCALE
+from .. import compat
+from .features import DraftFeatureState, draft_token_stats
 from .modeling import DRAFT_FEATURES, DraftAdapterModel
-
-Source = Literal["assistant_model", "early_exit", "prompt_lookup"]
+from .sources import Source, check_source
 
 
 @dataclass
@@ -69,15 +66,6 @@ def _match_runs(proposed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return runs.flip(0)
 
 
-def _draft_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy tokens and (prob, entropy / log V, margin) of the draft's logits `(T, V)`."""
-    logits = logits.float()
-    probs = logits.softmax(dim=-1)
-    top2 = probs.topk(2, dim=-1)
-    entropy = next_token_entropy(logits) / math.log(logits.shape[-1])
-    return top2.indices[:, 0], torch.stack([top2.values[:, 0], entropy, top2.values[:, 0] - top2.values[:, 1]], -1)
-
-
 @torch.no_grad()
 def collect_trace(
     model: PreTrainedModel,
@@ -96,6 +84,7 @@ def collect_trace(
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"collect_trace takes one prompt of shape (1, length), got {tuple(input_ids.shape)}.")
+    check_source(source, draft_model, early_exit_layer)
     prompt_length = input_ids.shape[1]
     sequence = model.generate(input_ids=input_ids, do_sample=False, max_new_tokens=max_new_tokens)
     tokens = sequence[0, prompt_length:]
@@ -103,41 +92,37 @@ def collect_trace(
         raise ValueError("The target generated no token for this prompt: there is nothing to draft.")
     outputs = model(input_ids=sequence[:, :-1], output_hidden_states=True)
     positions = slice(prompt_length - 1, None)  # the states that predict each generated token
-    hidden = outputs.hidden_states[-1][0, positions]
-    proposal_length = torch.full_like(tokens, -1)
+    hidden = outputs.hidden_states[-1][0, positions].float()
     if source == "prompt_lookup":
-        lookup = PromptLookupCandidateGenerator(
-            eos_token_id=torch.tensor(_eos_ids(model), device=sequence.device),
-            num_output_tokens=max_draft_tokens,
-            max_matching_ngram_size=max_matching_ngram_size,
-            max_length=prompt_length + max_new_tokens,
+        lookup = compat.prompt_lookup(
+            _eos_ids(model), max_draft_tokens, max_matching_ngram_size, prompt_length + max_new_tokens, sequence.device
         )
-        runs = torch.zeros_like(tokens)
-        for position in range(len(tokens)):
-            prefix = sequence[:, : prompt_length + position]
-            candidate, _ = lookup.get_candidates(prefix)
-            proposal = candidate[0, prefix.shape[1] :]
-            proposal_length[position] = len(proposal)
-            target = tokens[position : position + len(proposal)]
-            agree = (proposal[: len(target)] == target).long()
-            runs[position] = int(agree.cumprod(0).sum()) if len(agree) else 0
-        stats = torch.zeros(len(tokens), 3)
-        return DraftTrace(tokens, hidden.float(), runs, stats, proposal_length, max_new_tokens, source)
+        runs, proposal_length = _lookup_runs(lookup, sequence, prompt_length)
+        return DraftTrace(tokens, hidden, runs, torch.zeros(len(tokens), 3), proposal_length, max_new_tokens, source)
     if source == "early_exit":
-        if early_exit_layer is None:
-            raise ValueError("source='early_exit' needs early_exit_layer.")
-        decoder = model.get_decoder()
-        early = decoder.norm(outputs.hidden_states[early_exit_layer])
+        early = model.get_decoder().norm(outputs.hidden_states[early_exit_layer])
         draft_logits = model.get_output_embeddings()(early)[0, positions]
-    elif source == "assistant_model":
-        if draft_model is None:
-            raise ValueError("source='assistant_model' needs draft_model.")
-        draft_logits = draft_model(input_ids=sequence[:, :-1]).logits[0, positions]
     else:
-        raise ValueError(f"source must be 'assistant_model', 'early_exit' or 'prompt_lookup', got {source!r}.")
-    greedy, stats = _draft_stats(draft_logits)
-    runs = _match_runs(greedy, tokens)
-    return DraftTrace(tokens, hidden.float(), runs, stats, proposal_length, max_new_tokens, source)
+        draft_logits = draft_model(input_ids=sequence[:, :-1]).logits[0, positions]
+    greedy, stats = draft_token_stats(draft_logits)
+    proposal_length = torch.full_like(tokens, -1)
+    return DraftTrace(tokens, hidden, _match_runs(greedy, tokens), stats, proposal_length, max_new_tokens, source)
+
+
+def _lookup_runs(
+    lookup: Callable[[torch.LongTensor], torch.LongTensor], sequence: torch.LongTensor, prompt_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each generated position of `sequence` `(1, length)`: how many of the tokens `lookup` proposes there in a
+    row are the target's, and how many it proposes."""
+    tokens = sequence[0, prompt_length:]
+    runs, proposal_length = torch.zeros_like(tokens), torch.zeros_like(tokens)
+    for position in range(len(tokens)):
+        proposal = lookup(sequence[:, : prompt_length + position])
+        proposal_length[position] = len(proposal)
+        target = tokens[position : position + len(proposal)]
+        agree = (proposal[: len(target)] == target).long()
+        runs[position] = int(agree.cumprod(0).sum()) if len(agree) else 0
+    return runs, proposal_length
 
 
 def _eos_ids(model: PreTrainedModel) -> list[int]:
@@ -224,6 +209,130 @@ def _stack(traces: list[DraftTrace], name: str, fill: float, dtype) -> torch.Ten
     return out
 
 
+_RECORDED = ("features", "hidden", "stopped", "episode", "cycle")  # per decision the policy took
+
+
+class _Replay:
+    """
+    Every episode of one [`simulate_drafting`] call, stepped together. Each step, every unfinished episode takes one
+    decision (stop drafting, or draft one more token) with the features a [`DraftFeatureState`] builds, as live; a
+    cycle ends where the policy stops or the cap does, and is priced and credited then.
+    """
+
+    def __init__(
+        self,
+        adapter: DraftAdapterModel,
+        traces: list[DraftTrace],
+        cost_model: CycleCostModel,
+        rollouts: int,
+        deterministic: bool,
+    ):
+        self.adapter, self.cost_model, self.deterministic = adapter, cost_model, deterministic
+        self.max_draft = adapter.max_draft_tokens
+        self.has_draft_probs = cost_model.source != "prompt_lookup"
+        self.trace_index = torch.arange(len(traces)).repeat_interleave(rollouts)
+        self.lengths = torch.tensor([len(t.tokens) for t in traces])[self.trace_index]
+        self.budget = torch.tensor([t.max_new_tokens for t in traces])[self.trace_index]
+        self.runs = _stack(traces, "match_run", 0, torch.long)[self.trace_index]
+        self.proposals = _stack(traces, "proposal_length", 0, torch.long)[self.trace_index]
+        self.stats = _stack(traces, "draft_stats", 0.0, torch.float)[self.trace_index]
+        self.hidden = _stack(traces, "hidden", 0.0, torch.float)[self.trace_index]
+        episodes = len(self.trace_index)
+        self.rows = torch.arange(episodes)
+        self.state = DraftFeatureState(episodes, self.max_draft)
+        self.position = torch.zeros(episodes, dtype=torch.long)  # tokens committed
+        self.drafted = torch.zeros(episodes, dtype=torch.long)  # tokens drafted in the current cycle
+        self.seconds = torch.zeros(episodes)
+        self.total_drafted, self.total_accepted = torch.zeros(episodes), torch.zeros(episodes)
+        self.cycles = torch.zeros(episodes, dtype=torch.long)
+        self.cycle_tokens = torch.zeros(episodes, int(self.lengths.max()))  # by (episode, cycle number)
+        self.cycle_seconds = torch.zeros(episodes, int(self.lengths.max()))
+        self.record: dict[str, list[torch.Tensor]] = {key: [] for key in _RECORDED}
+
+    def step(self) -> bool:
+        """One decision (or one stop the cap forces) in every unfinished episode; `False` once all have finished."""
+        active = self.position < self.lengths
+        if not active.any():
+            return False
+        start = self.position.clamp(max=self.lengths - 1)
+        features, hidden = self._decision_inputs()
+        full = self.drafted >= self._draft_cap(start)
+        decides = active & ~full & ((self.drafted > 0) | (self.position > 0))  # the first cycle always drafts (live)
+        use_hidden = self.adapter.config.use_hidden_state
+        stop, _ = self.adapter.decide_stop(features, hidden if use_hidden else None, self.deterministic)
+        stop = stop.cpu()
+        if decides.any():
+            taken = (features, hidden, stop, self.rows, self.cycles)
+            for key, value in zip(_RECORDED, taken, strict=True):
+                self.record[key].append(value[decides])
+        ends = active & (full | (decides & stop))
+        # Draft one more token where the cycle goes on; close the cycles that end here.
+        self.drafted = torch.where(active & ~ends, self.drafted + 1, self.drafted)
+        self._close_cycles(ends, start)
+        return True
+
+    def _draft_cap(self, start: torch.Tensor) -> torch.Tensor:
+        # What this cycle may draft: a draft model, up to the cap and what max_length leaves (as transformers sizes
+        # it); prompt lookup, what the lookup found (within max_length), up to the cap. A lookup capped at k proposes
+        # the first k tokens of the same match, so traces taken with a larger cap serve any smaller one.
+        if self.has_draft_probs:
+            cap = torch.full_like(self.position, self.max_draft)
+            return torch.minimum(cap, self.budget - self.position - 1).clamp(min=0)
+        return self.proposals[self.rows, start].clamp(max=self.max_draft)
+
+    def _decision_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features and hidden state of each episode's decision this step: before the first token (draft at
+        all?) or after each drafted one (draft another?), seeing the statistics of the token just drafted."""
+        at = (self.position + self.drafted - 1).clamp(min=0, max=self.stats.shape[1] - 1)
+        stats = self.stats[self.rows, at]
+        has_draft_probs = (self.drafted > 0) & self.has_draft_probs
+        remaining = self.budget - self.position - self.drafted
+        features = self.state.features(self.drafted, remaining, stats, has_draft_probs)
+        self.state.add_token(stats, has_draft_probs)
+        last = self.hidden[self.rows, (self.position - 1).clamp(min=0)]
+        hidden = torch.where((self.position > 0)[:, None], last, torch.zeros_like(last))
+        return features, hidden
+
+    def _close_cycles(self, ends: torch.Tensor, start: torch.Tensor) -> None:
+        """Price and credit the cycles that end here, which started at `start`, and start the next ones."""
+        k = torch.where(ends, self.drafted, torch.zeros_like(self.drafted))
+        accepted = torch.minimum(k, self.runs[self.rows, start])
+        accepted = torch.minimum(accepted, (self.lengths - self.position - 1).clamp(min=0))  # the call's last token
+        cost = self.cost_model.cycle_seconds(k)
+        self.seconds += torch.where(ends, cost, torch.zeros_like(self.seconds))
+        closing = ends.nonzero().squeeze(-1)
+        self.cycle_tokens[closing, self.cycles[closing]] = (accepted[closing] + 1).float()
+        self.cycle_seconds[closing, self.cycles[closing]] = cost[closing]
+        self.state.end_cycle(ends, k, accepted)
+        self.total_drafted += k
+        self.total_accepted += torch.where(ends, accepted, torch.zeros_like(accepted))
+        self.cycles += ends.long()
+        self.position = torch.where(ends, self.position + accepted + 1, self.position)
+        self.drafted = torch.where(ends, torch.zeros_like(self.drafted), self.drafted)
+
+    def result(self) -> SimulationResult:
+        def cat(key: str, width: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            return torch.cat(self.record[key]) if self.record[key] else torch.zeros((0, *width), dtype=dtype)
+
+        plain_seconds = self.lengths.float() * self.cost_model.plain_step
+        cycles = int(self.cycles.max())
+        return SimulationResult(
+            speedup=plain_seconds / self.seconds,
+            trace_index=self.trace_index,
+            features=cat("features", (len(DRAFT_FEATURES),), torch.float),
+            hidden=cat("hidden", (self.hidden.shape[-1],), torch.float),
+            stopped=cat("stopped", (), torch.bool),
+            episode=cat("episode", (), torch.long),
+            cycle=cat("cycle", (), torch.long),
+            cycle_tokens=self.cycle_tokens[:, :cycles],
+            cycle_seconds=self.cycle_seconds[:, :cycles],
+            plain_step=self.cost_model.plain_step,
+            drafted=self.total_drafted,
+            accepted=self.total_accepted,
+            cycles=self.cycles,
+        )
+
+
 @torch.no_grad()
 def simulate_drafting(
     adapter: DraftAdapterModel,
@@ -242,122 +351,10 @@ def simulate_drafting(
     sources = {trace.source for trace in traces}
     if len(sources) != 1 or sources != {cost_model.source}:
         raise ValueError(f"Traces from {sorted(sources)} cannot be priced by a cost model of {cost_model.source!r}.")
-    max_draft = adapter.max_draft_tokens
-    trace_index = torch.arange(len(traces)).repeat_interleave(rollouts)
-    lengths = torch.tensor([len(t.tokens) for t in traces])[trace_index]
-    budget = torch.tensor([t.max_new_tokens for t in traces])[trace_index]
-    runs = _stack(traces, "match_run", 0, torch.long)[trace_index]
-    proposals = _stack(traces, "proposal_length", 0, torch.long)[trace_index]
-    stats = _stack(traces, "draft_stats", 0.0, torch.float)[trace_index]
-    hidden_all = _stack(traces, "hidden", 0.0, torch.float)[trace_index]
-    episodes = len(trace_index)
-    rows = torch.arange(episodes)
-
-    position = torch.zeros(episodes, dtype=torch.long)  # tokens committed
-    drafted = torch.zeros(episodes, dtype=torch.long)  # tokens drafted in the current cycle
-    seconds = torch.zeros(episodes)
-    acceptance_ema, last_accepted = torch.full((episodes,), 0.5), torch.zeros(episodes)
-    cumulative = torch.ones(episodes)
-    total_drafted, total_accepted = torch.zeros(episodes), torch.zeros(episodes)
-    cycles = torch.zeros(episodes, dtype=torch.long)
-    has_draft_probs = float(cost_model.source != "prompt_lookup")
-    record: dict[str, list[torch.Tensor]] = {"features": [], "hidden": [], "stopped": [], "episode": [], "cycle": []}
-    cycle_tokens = torch.zeros(episodes, int(lengths.max()))  # each cycle's outcome, by (episode, cycle number)
-    cycle_seconds = torch.zeros(episodes, int(lengths.max()))
-
-    while True:
-        active = position < lengths
-        if not active.any():
-            break
-        # What this cycle may draft: a draft model, up to the cap and what max_length leaves (as transformers
-        # sizes it); prompt lookup, what the lookup found (within max_length), up to the cap. A lookup capped at
-        # k proposes the first k tokens of the same match, so traces taken with a larger cap serve any smaller one.
-        start = position.clamp(max=lengths - 1)
-        if has_draft_probs:
-            cap = torch.minimum(torch.full_like(position, max_draft), budget - position - 1).clamp(min=0)
-        else:
-            cap = proposals[rows, start].clamp(max=max_draft)
-        # The policy decides before the first token (draft at all?) and after each drafted one (draft another?),
-        # seeing the statistics of the token just drafted; none before the first.
-        at = (position + drafted - 1).clamp(min=0, max=stats.shape[1] - 1)
-        seen = (drafted > 0)[:, None].float()
-        token_stats = stats[rows, at] * seen if has_draft_probs else torch.zeros(episodes, 3)
-        hidden = torch.where(
-            (position > 0)[:, None], hidden_all[rows, (position - 1).clamp(min=0)], torch.zeros_like(hidden_all[:, 0])
-        )
-        columns = {
-            "draft_prob": token_stats[:, 0],
-            "draft_entropy": token_stats[:, 1],
-            "draft_margin": token_stats[:, 2],
-            "has_draft_probs": seen[:, 0] * has_draft_probs,
-            "cumulative_draft_prob": cumulative * token_stats[:, 0],
-            "position": drafted.float() / max_draft,
-            "acceptance_ema": acceptance_ema,
-            "last_accepted": last_accepted,
-            "remaining_tokens": torch.log1p((budget - position - drafted).clamp(min=0).float())
-            / REMAINING_TOKENS_SCALE,
-            "has_hidden_state": (position > 0).float(),
-        }
-        features = torch.stack([columns[name] for name in DRAFT_FEATURES], dim=-1)
-        full = drafted >= cap
-        decides = active & ~full & ((drafted > 0) | (position > 0))  # the first cycle always drafts (see live)
-        stop, _ = adapter.decide_stop(features, hidden if adapter.config.use_hidden_state else None, deterministic)
-        stop = stop.cpu()
-        if decides.any():
-            taken = (
-                ("features", features),
-                ("hidden", hidden),
-                ("stopped", stop),
-                ("episode", rows),
-                ("cycle", cycles),
-            )
-            for key, value in taken:
-                record[key].append(value[decides])
-        cumulative = cumulative * torch.where(seen[:, 0] > 0, token_stats[:, 0], torch.ones_like(cumulative))
-        ends = active & (full | (decides & stop))
-        # Draft one more token where the cycle goes on; close the cycles that end here.
-        drafted = torch.where(active & ~ends, drafted + 1, drafted)
-        k = torch.where(ends, drafted, torch.zeros_like(drafted))
-        accepted = torch.minimum(k, runs[rows, start])
-        accepted = torch.minimum(accepted, (lengths - position - 1).clamp(min=0))  # the call ends at its last token
-        cost = cost_model.cycle_seconds(k)
-        seconds = seconds + torch.where(ends, cost, torch.zeros_like(seconds))
-        closing = ends.nonzero().squeeze(-1)
-        cycle_tokens[closing, cycles[closing]] = (accepted[closing] + 1).float()
-        cycle_seconds[closing, cycles[closing]] = cost[closing]
-        cycled = ends & (k > 0)
-        acceptance_ema = torch.where(
-            cycled,
-            ACCEPTANCE_EMA_DECAY * acceptance_ema + (1 - ACCEPTANCE_EMA_DECAY) * accepted / k.clamp(min=1),
-            acceptance_ema,
-        )
-        last_accepted = torch.where(ends, accepted.float() / max_draft, last_accepted)
-        total_drafted += k
-        total_accepted += torch.where(ends, accepted, torch.zeros_like(accepted))
-        cycles += ends.long()
-        position = torch.where(ends, position + accepted + 1, position)
-        drafted = torch.where(ends, torch.zeros_like(drafted), drafted)
-        cumulative = torch.where(ends, torch.ones_like(cumulative), cumulative)
-
-    def cat(key: str, width: tuple[int, ...], dtype) -> torch.Tensor:
-        return torch.cat(record[key]) if record[key] else torch.zeros((0, *width), dtype=dtype)
-
-    plain_seconds = lengths.float() * cost_model.plain_step
-    return SimulationResult(
-        speedup=plain_seconds / seconds,
-        trace_index=trace_index,
-        features=cat("features", (len(DRAFT_FEATURES),), torch.float),
-        hidden=cat("hidden", (hidden_all.shape[-1],), torch.float),
-        stopped=cat("stopped", (), torch.bool),
-        episode=cat("episode", (), torch.long),
-        cycle=cat("cycle", (), torch.long),
-        cycle_tokens=cycle_tokens[:, : int(cycles.max())],
-        cycle_seconds=cycle_seconds[:, : int(cycles.max())],
-        plain_step=cost_model.plain_step,
-        drafted=total_drafted,
-        accepted=total_accepted,
-        cycles=cycles,
-    )
+    replay = _Replay(adapter, traces, cost_model, rollouts, deterministic)
+    while replay.step():
+        pass
+    return replay.result()
 
 
 def cycle_advantages(result: SimulationResult, rollouts: int) -> torch.Tensor:

@@ -1,11 +1,40 @@
-"""Candidate sources for speculative decoding that need no second checkpoint."""
+"""Candidate sources for speculative decoding: how a call selects one, and a draft model that needs no second
+checkpoint."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any, Literal
 
 from torch import nn
 from transformers import PreTrainedModel
+
+Source = Literal["assistant_model", "early_exit", "prompt_lookup"]
+
+
+def check_source(source: Source, draft_model: PreTrainedModel | None, early_exit_layer: int | None) -> None:
+    """Raise a `ValueError` unless `source` is a candidate source and what it drafts with is given."""
+    if source not in ("assistant_model", "early_exit", "prompt_lookup"):
+        raise ValueError(f"source must be 'assistant_model', 'early_exit' or 'prompt_lookup', got {source!r}.")
+    if source == "assistant_model" and draft_model is None:
+        raise ValueError("source='assistant_model' needs draft_model.")
+    if source == "early_exit" and early_exit_layer is None:
+        raise ValueError("source='early_exit' needs early_exit_layer.")
+
+
+def source_kwargs(
+    source: Source,
+    max_draft_tokens: int,
+    draft_model: PreTrainedModel | None = None,
+    early_exit_layer: int | None = None,
+) -> dict[str, Any]:
+    """The `generate()` arguments that select `source` as the candidate source."""
+    check_source(source, draft_model, early_exit_layer)
+    if source == "assistant_model":
+        return {"assistant_model": draft_model}
+    if source == "early_exit":
+        return {"assistant_early_exit": early_exit_layer}
+    return {"prompt_lookup_num_tokens": max_draft_tokens}
 
 
 def layer_dropped_draft(model: PreTrainedModel, num_layers: int) -> PreTrainedModel:
