@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,6 @@ from ..compat import (
     sample,
     streamer_of_calling_generate,
 )
-from ..speculative.generate import speculative_generate
-from ..speculative.modeling import DraftAdapterModel
 from .decision import DecisionStep, deciding, token_ids
 from .features import HiddenStateCapture
 from .noise import derive_keys, global_generator_key
@@ -249,6 +248,16 @@ def _token_budget(model, config: GenerationConfig, default_max_length: bool, inp
 TAIL_PROCESSORS = (LogitNormalization, WatermarkLogitsProcessor, SynthIDTextWatermarkLogitsProcessor)
 _original_generate = GenerationMixin.generate
 
+# Each kind of adapter owns its route through `generate`: `route(model, adapter, original_generate, inputs,
+# generation_config, logits_processor, *args, sampling_budget=, deterministic=, **kwargs)`. Draft adapters register
+# theirs in `speculative/generate.py`, so generation never imports the speculative package.
+GENERATE_ROUTES: dict[type, Callable] = {}
+
+
+def register_generate_route(adapter_class: type, route: Callable) -> None:
+    """Make `generate(decoding_adapter=x)` call `route` for every `x` that is an `adapter_class`."""
+    GENERATE_ROUTES[adapter_class] = route
+
 
 @functools.wraps(_original_generate)
 def generate(
@@ -275,21 +284,40 @@ def generate(
         if sampling_budget is not None or deterministic:
             raise ValueError("`sampling_budget` and `deterministic` only apply together with `decoding_adapter=`.")
         return _original_generate(self, inputs, generation_config, logits_processor, *args, **kwargs)
-    if isinstance(decoding_adapter, DraftAdapterModel):
-        if sampling_budget is not None:
-            raise ValueError("sampling_budget is for sequence-level decoding adapters, not for a draft adapter.")
-        return speculative_generate(
-            self,
-            decoding_adapter,
-            _original_generate,
-            inputs,
-            generation_config,
-            logits_processor,
-            *args,
-            deterministic=deterministic,
-            **kwargs,
+    route = next((route for kind, route in GENERATE_ROUTES.items() if isinstance(decoding_adapter, kind)), None)
+    if route is None:
+        kinds = ", ".join(kind.__name__ for kind in GENERATE_ROUTES)
+        raise ValueError(
+            f"decoding_adapter must be one of {kinds} (e.g. from AutoDecodingAdapter.from_pretrained), got "
+            f"{type(decoding_adapter).__name__}."
         )
+    return route(
+        self,
+        decoding_adapter,
+        _original_generate,
+        inputs,
+        generation_config,
+        logits_processor,
+        *args,
+        sampling_budget=sampling_budget,
+        deterministic=deterministic,
+        **kwargs,
+    )
 
+
+def _adaptive_route(
+    self: PreTrainedModel,
+    decoding_adapter: DecodingAdapterModel,
+    original_generate: Callable,
+    inputs: torch.Tensor | None,
+    generation_config: GenerationConfig | None,
+    logits_processor: LogitsProcessorList | None,
+    *args: Any,
+    sampling_budget: int | None = None,
+    deterministic: bool = False,
+    **kwargs: Any,
+):
+    """The route of a [`DecodingAdapterModel`]: its processor chooses every row's action inside `generate`."""
     _check_adapter(self, decoding_adapter, sampling_budget)
     _raise_for_conflicts(_sampling_conflicts(kwargs))
     if generation_config is not None:
@@ -317,7 +345,7 @@ def generate(
             deterministic=deterministic,
         )
         processors = LogitsProcessorList([*(logits_processor or []), processor])
-        result = _original_generate(self, inputs, generation_config, processors, *args, **kwargs)
+        result = original_generate(self, inputs, generation_config, processors, *args, **kwargs)
     return _with_actions(result, processor, resolved_config)
 
 
@@ -397,6 +425,9 @@ def _replace_generate_warpers(
         if processors and isinstance(processors[-1], BUILTIN_WARPERS):
             processors.pop()
     return LogitsProcessorList([*processors, adapter_processor, *tail])
+
+
+register_generate_route(DecodingAdapterModel, _adaptive_route)
 
 
 def patch_generate() -> None:

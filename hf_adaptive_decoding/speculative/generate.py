@@ -17,6 +17,7 @@ from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, St
 from transformers.generation import CandidateGenerator, GenerateDecoderOnlyOutput, GenerationMode
 
 from .. import compat
+from ..generation.generate import register_generate_route
 from .features import DraftFeatureState, draft_token_stats
 from .modeling import DraftAdapterModel, IncompatibleDraftSourceError
 
@@ -203,10 +204,14 @@ def speculative_generate(
     generation_config: GenerationConfig | None,
     logits_processor,
     *args: Any,
+    sampling_budget: int | None = None,
     deterministic: bool = False,
     **kwargs: Any,
 ):
-    """`generate` in assisted mode with `adapter` sizing every draft (called by the patched `generate`)."""
+    """`generate` in assisted mode with `adapter` sizing every draft: the route of a draft adapter through the
+    patched `generate` (registered below)."""
+    if sampling_budget is not None:
+        raise ValueError("sampling_budget is for sequence-level decoding adapters, not for a draft adapter.")
     if not isinstance(adapter, DraftAdapterModel):
         raise ValueError(f"Expected a DraftAdapterModel, got {type(adapter).__name__}.")
     adapter.check_compatible(model)
@@ -230,3 +235,6 @@ def speculative_generate(
         accepted_lengths=torch.tensor(controller.accepted_lengths, dtype=torch.long),
         cycle_seconds=torch.tensor(controller.cycle_seconds),
     )
+
+
+register_generate_route(DraftAdapterModel, speculative_generate)
