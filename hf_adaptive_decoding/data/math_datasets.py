@@ -131,6 +131,12 @@ def _drop_unanswered(dataset: Dataset, source: str, what: str) -> Dataset:
     return _keep_rows(dataset, source, "answer", lambda answer: answer is not None, f"a final answer ({what})")
 
 
+def as_conversational(dataset: Dataset) -> Dataset:
+    """`dataset` with each string `prompt` made a one-message conversation, `[{"role": "user", "content": prompt}]`
+    (TRL's conversational format, which [`encode_prompts`] renders with the chat template)."""
+    return dataset.map(lambda prompt: {"prompt": [{"role": "user", "content": prompt}]}, input_columns="prompt")
+
+
 def _subset(dataset: Dataset, source: str, num_examples: int | None, seed: int) -> Dataset:
     if num_examples is None:
         return dataset
@@ -146,6 +152,7 @@ def load_math_dataset(
     split: str = "test",
     num_examples: int | None = None,
     seed: int = 0,
+    conversational: bool = True,
     **load_kwargs,
 ) -> Dataset:
     """
@@ -163,6 +170,8 @@ def load_math_dataset(
         num_examples (`int`, *optional*): a subset of this size, drawn by a shuffle seeded with `seed`; all rows when
             `None`.
         seed (`int`): the shuffle's seed.
+        conversational (`bool`): `prompt` as a user message (TRL's conversational format, chat-templated by
+            [`encode_prompts`], for chat models); when `False`, the problem as a string (used as text: base models).
         load_kwargs: passed to `datasets.load_dataset` (`name`, `revision`, `cache_dir`...).
 
     Returns:
@@ -181,7 +190,8 @@ def load_math_dataset(
     else:
         dataset = dataset.map(lambda solution: {"answer": extract_last_boxed(solution)}, input_columns="solution")
     dataset = _drop_unanswered(dataset, path_or_id, "no \\boxed{...} in `solution`" if not has_answer else "empty")
-    return _subset(dataset, path_or_id, num_examples, seed)
+    dataset = _subset(dataset, path_or_id, num_examples, seed)
+    return as_conversational(dataset) if conversational else dataset
 
 
 def load_gsm8k_dataset(
@@ -189,6 +199,7 @@ def load_gsm8k_dataset(
     split: str = "test",
     num_examples: int | None = None,
     seed: int = 0,
+    conversational: bool = True,
     **load_kwargs,
 ) -> Dataset:
     """
@@ -201,6 +212,8 @@ def load_gsm8k_dataset(
         split (`str`): the split to load from a Hub id or a folder: `"train"` or `"test"` on the Hub.
         num_examples (`int`, *optional*): a subset of this size, drawn by a shuffle seeded with `seed`.
         seed (`int`): the shuffle's seed.
+        conversational (`bool`): `prompt` as a user message (chat models); when `False`, the question as a string
+            (base models). See [`encode_prompts`].
         load_kwargs: passed to `datasets.load_dataset`.
 
     Returns:
@@ -214,4 +227,5 @@ def load_gsm8k_dataset(
     dataset = dataset.rename_columns({"question": "prompt", "answer": "solution"})
     dataset = dataset.map(lambda solution: {"answer": extract_gsm8k_answer(solution)}, input_columns="solution")
     dataset = _drop_unanswered(dataset, path_or_id, "no `#### <answer>` line")
-    return _subset(dataset, path_or_id, num_examples, seed)
+    dataset = _subset(dataset, path_or_id, num_examples, seed)
+    return as_conversational(dataset) if conversational else dataset

@@ -94,6 +94,7 @@ def arithmetic_dataset(
     families: Sequence[str] | None = None,
     levels: Sequence[int] = LEVELS,
     seed: int = 0,
+    conversational: bool = True,
 ) -> Dataset:
     """
     Verifiable arithmetic tasks the default model can partly solve: addition, subtraction, multiplication, exact
@@ -108,6 +109,10 @@ def arithmetic_dataset(
         families (`Sequence[str]`, *optional*): a subset of `FAMILIES`; all by default.
         levels (`Sequence[int]`): difficulty levels, from 1 to 3.
         seed (`int`): which problems are drawn.
+        conversational (`bool`): `prompt` as a user message, `[{"role": "user", "content": question}]` (TRL's
+            conversational format: [`encode_prompts`] renders it with the chat template, as the default model and
+            the shipped adapters were trained); when `False`, the question as a string (used as text, for base
+            models).
 
     Returns:
         `datasets.Dataset` with columns `prompt` (the question), `answer` (the integer answer as a string),
@@ -143,7 +148,8 @@ def arithmetic_dataset(
             if key in seen or _split_of(key) != split:
                 continue
             seen.add(key)
-            rows.append({"prompt": question, "answer": str(answer), "family": family, "level": level, "key": key})
+            prompt = [{"role": "user", "content": question}] if conversational else question
+            rows.append({"prompt": prompt, "answer": str(answer), "family": family, "level": level, "key": key})
             drawn += 1
     random.Random(f"{seed}:{split}:order").shuffle(rows)
     return Dataset.from_list(rows)

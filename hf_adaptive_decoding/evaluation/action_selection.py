@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapters.configuration import DecodingAction
 from ..generation.policies import ConstantPolicy
-from ..rewards.math_rewards import reward_function_name
+from ..rewards.scoring import reward_function_name
 from .evaluate import SAMPLING
 from .runner import rollout_and_score
 

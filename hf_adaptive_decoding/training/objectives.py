@@ -7,16 +7,15 @@ import math
 import torch
 
 from ..adapters.modeling import DecodingAdapterModel
+from ..evaluation.metrics import estimate_pass_at_k
 from ..generation.rollout import RolloutBatch
 
 
 def pass_at_k(num_samples: torch.Tensor, num_correct: torch.Tensor, k: int) -> torch.Tensor:
-    """Unbiased pass@k from `n` samples of which `c` are correct (Chen et al., 2021): `1 - C(n-c, k) / C(n, k)`."""
-    n, c = num_samples.double(), num_correct.double()
-    # C(n-c, k) / C(n, k) = prod_{i=0}^{k-1} (n - c - i) / (n - i), zero as soon as a factor is.
-    i = torch.arange(k, dtype=torch.float64, device=n.device)
-    ratio = ((n[:, None] - c[:, None] - i).clamp(min=0) / (n[:, None] - i)).prod(dim=-1)
-    return (1 - ratio).float()
+    """Unbiased pass@k from `n` samples of which `c` are correct (Chen et al., 2021): `1 - C(n-c, k) / C(n, k)`,
+    by [`~evaluation.metrics.estimate_pass_at_k`], as float32 on `num_samples`' device."""
+    values = estimate_pass_at_k(num_samples.tolist(), num_correct.tolist(), k)
+    return torch.tensor(values, dtype=torch.float32, device=num_samples.device)
 
 
 def aggregate_rewards(

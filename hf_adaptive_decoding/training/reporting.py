@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..adapters.modeling import DecodingAdapterModel
 from ..generation.rollout import RolloutBatch
+from ..rewards.scoring import reward_function_name as _name
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ class MetricsWriter:
         if self.enabled:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-
-
-def _name(func: Any) -> str:
-    return getattr(func, "__name__", type(func).__name__)
 
 
 def step_metrics(

@@ -1,7 +1,17 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 from hf_adaptive_decoding.adapters import shipped
 from hf_adaptive_decoding.adapters.shipped import resolve_adapter, shipped_adapters
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _layout(root: Path) -> Path:
@@ -32,8 +42,19 @@ def test_shipped_adapters_of_a_missing_folder_is_empty(tmp_path, monkeypatch):
     assert shipped_adapters() == {}
 
 
-def test_default_folder_is_model_cards_next_to_the_package(tmp_path, monkeypatch):
-    assert shipped.SHIPPED_ADAPTERS_DIR == Path(shipped.__file__).resolve().parents[2] / "model_cards"
+def test_default_folder_is_the_installed_one_else_the_checkouts(tmp_path, monkeypatch):
+    package = Path(shipped.__file__).resolve().parents[1]
+    assert shipped.INSTALLED_ADAPTERS_DIR == package / "model_cards"  # where a wheel puts them
+    assert shipped.CHECKOUT_ADAPTERS_DIR == package.parent / "model_cards"  # the repository's own folder
+    if not shipped.INSTALLED_ADAPTERS_DIR.is_dir():  # these tests run from a checkout
+        assert shipped.SHIPPED_ADAPTERS_DIR == ROOT / "model_cards"
+    installed, checkout = _layout(tmp_path / "installed"), tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setattr(shipped, "INSTALLED_ADAPTERS_DIR", installed)
+    monkeypatch.setattr(shipped, "CHECKOUT_ADAPTERS_DIR", checkout)
+    assert shipped._default_folder() == installed
+    monkeypatch.setattr(shipped, "INSTALLED_ADAPTERS_DIR", tmp_path / "not-installed")
+    assert shipped._default_folder() == checkout
     root = _layout(tmp_path / "cards")
     monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", root)
     assert list(shipped_adapters()) == ["alpha-adapter", "zeta-adapter"]
@@ -51,10 +72,84 @@ def test_resolve_adapter(tmp_path, monkeypatch):
     assert resolve_adapter(str(local)) == str(local)
     monkeypatch.chdir(tmp_path / "work")
     assert resolve_adapter("alpha-adapter") == "alpha-adapter"  # the folder in the working directory wins
-    # Anything else is a Hub id, passed through unchanged.
-    assert resolve_adapter("org/some-adapter") == "org/some-adapter"
-    assert resolve_adapter("templates") == "templates"  # no config.json: not a shipped adapter
-    assert resolve_adapter("nested") == "nested"
+    # Hub ids and paths are passed through unchanged, for from_pretrained to load or report.
+    for name in ("org/some-adapter", "./missing", "~/missing", "runs/missing", str(tmp_path / "missing")):
+        assert resolve_adapter(name) == name
+    assert resolve_adapter(tmp_path / "missing") == str(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("name", ["templates", "nested", "alpha-adaptor"])
+def test_an_unknown_short_name_says_where_short_names_are_looked_up(tmp_path, monkeypatch, name):
+    root = _layout(tmp_path / "cards")
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", root)
+    with pytest.raises(ValueError, match="neither a folder nor the short name") as info:
+        resolve_adapter(name)
+    message = str(info.value)
+    assert f"looked up in {root}, which holds alpha-adapter, zeta-adapter" in message and "'owner/name'" in message
+
+
+def test_without_shipped_adapters_the_error_says_where_they_come_from(tmp_path, monkeypatch):
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path / "none")
+    with pytest.raises(ValueError, match="which does not exist: .*clone of the repository.*a wheel built from one"):
+        resolve_adapter("smollm2-135m-arithmetic-token")
+    monkeypatch.setattr(shipped, "SHIPPED_ADAPTERS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="holds no adapter folder"):
+        resolve_adapter("smollm2-135m-arithmetic-token")
+
+
+def test_every_subpackage_is_in_the_packaging_list():
+    """pyproject.toml lists the packages (so that model_cards/ can be mapped into the package): a subpackage left
+    out of the list would be missing from wheels."""
+    tomllib = pytest.importorskip("tomllib")
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {
+        ".".join(path.relative_to(ROOT).parts)
+        for path in (ROOT / "hf_adaptive_decoding").rglob("*")
+        if path.is_dir() and path.name != "__pycache__" and any(path.iterdir())
+    }
+    assert set(settings["packages"]) == {"hf_adaptive_decoding", *folders, "hf_adaptive_decoding.model_cards"}
+    assert settings["package-dir"] == {"hf_adaptive_decoding.model_cards": "model_cards"}
+
+
+@pytest.mark.slow
+def test_a_wheel_ships_the_adapters_and_resolves_their_short_names(tmp_path):
+    """Build a wheel from a copy of the sources, unpack it as an install would, and resolve every shipped adapter's
+    short name from another directory: the adapters load from the package, not from a checkout."""
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for name in ("hf_adaptive_decoding", "model_cards"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source)]
+    subprocess.run([*command, "-w", str(tmp_path / "wheels")], check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "wheels").glob("hf_adaptive_decoding-*.whl")
+    expected = shipped_adapters(ROOT / "model_cards")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        for adapter, folder in expected.items():
+            for file in ("config.json", "model.safetensors", "README.md"):
+                assert f"hf_adaptive_decoding/model_cards/{adapter}/{file}" in names, (adapter, file)
+            assert (folder / "model.safetensors").read_bytes() == archive.read(
+                f"hf_adaptive_decoding/model_cards/{adapter}/model.safetensors"
+            )
+        archive.extractall(tmp_path / "site-packages")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = (
+        "import json; from hf_adaptive_decoding.adapters.shipped import SHIPPED_ADAPTERS_DIR, resolve_adapter, "
+        "shipped_adapters; print(json.dumps([str(SHIPPED_ADAPTERS_DIR), {n: resolve_adapter(n) for n in "
+        "shipped_adapters()}]))"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site-packages")}
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder, resolved = json.loads(run.stdout.strip().splitlines()[-1])
+    installed = tmp_path / "site-packages" / "hf_adaptive_decoding" / "model_cards"
+    assert folder == str(installed)
+    assert resolved == {name: str(installed / name) for name in expected}
 
 
 SHIPPED = {

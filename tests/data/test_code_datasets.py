@@ -42,8 +42,12 @@ def test_humaneval_has_the_164_problems_in_task_order():
     assert (
         first["code_prompt"].startswith("from typing import List") and "def has_close_elements" in first["code_prompt"]
     )
-    assert first["prompt"] == f"Complete the following Python function.\n\n```python\n{first['code_prompt']}```"
-    assert all(prompt.endswith("\n```") for prompt in dataset["prompt"])
+    instruction = f"Complete the following Python function.\n\n```python\n{first['code_prompt']}```"
+    assert first["prompt"] == [{"role": "user", "content": instruction}]  # conversational: for chat models
+    assert all(len(prompt) == 1 and prompt[0]["content"].endswith("\n```") for prompt in dataset["prompt"])
+    standard = load_humaneval_dataset(num_examples=2, conversational=False)
+    assert standard[0]["prompt"] == instruction
+    assert standard["code_prompt"] == dataset["code_prompt"][:2]
 
 
 def test_humaneval_raw_prompt_and_num_examples():
@@ -79,11 +83,13 @@ def test_code_contests_from_file_drops_problems_without_tests(caplog):
     ]
     assert len(warnings) == 1 and "1 of 4" in warnings[0] and "train.jsonl" in warnings[0]
     source = read_jsonl(TRAIN_FILE)
-    for row, problem in zip(dataset, source[:3], strict=True):
-        assert row["prompt"] == (
+    standard = load_code_contests_dataset(str(TRAIN_FILE), conversational=False)
+    for row, text, problem in zip(dataset, standard["prompt"], source[:3], strict=True):
+        assert text == (
             "Solve the following competitive programming problem in Python 3. Read the input from standard input and "
             f"write the answer to standard output.\n\n{problem['description']}"
         )
+        assert row["prompt"] == [{"role": "user", "content": text}]
         assert (row["test_inputs"], row["test_outputs"]) == expected_tests(problem)
         assert row["difficulty"] == problem["difficulty"]
     assert dataset["test_inputs"][0] == ["3 5\n", "-7 7\n", "1000000000 1000000000\n", "2 2\n", "-3 -4\n"]

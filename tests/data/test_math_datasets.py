@@ -64,7 +64,8 @@ def test_math_from_file_extracts_last_boxed_and_keeps_columns():
     dataset = load_math_dataset(str(MATH_FILE))
     source = read_jsonl(MATH_FILE)
     assert dataset["answer"] == MATH_ANSWERS
-    assert dataset["prompt"] == [row["problem"] for row in source]
+    assert dataset["prompt"] == [[{"role": "user", "content": row["problem"]}] for row in source]
+    assert load_math_dataset(str(MATH_FILE), conversational=False)["prompt"] == [row["problem"] for row in source]
     assert dataset["solution"] == [row["solution"] for row in source]
     assert set(dataset.column_names) == {"prompt", "answer", "solution", "level", "type"}
     assert dataset["level"][0] == "Level 1" and dataset["type"][1] == "Algebra"
@@ -117,18 +118,25 @@ def test_gsm8k_from_file():
     dataset = load_gsm8k_dataset(str(GSM8K_FILE))
     source = read_jsonl(GSM8K_FILE)
     assert dataset["answer"] == GSM8K_ANSWERS
-    assert dataset["prompt"] == [row["question"] for row in source]
+    assert dataset["prompt"] == [[{"role": "user", "content": row["question"]}] for row in source]
+    assert load_gsm8k_dataset(str(GSM8K_FILE), conversational=False)["prompt"] == [row["question"] for row in source]
     assert dataset["solution"] == [row["answer"] for row in source]
     assert set(dataset.column_names) == {"prompt", "answer", "solution"}
 
 
 def test_num_examples_is_a_deterministic_seeded_subset():
-    full = load_math_dataset(str(MATH_FILE))["prompt"]
-    first = load_math_dataset(str(MATH_FILE), num_examples=4, seed=1)["prompt"]
-    assert first == load_math_dataset(str(MATH_FILE), num_examples=4, seed=1)["prompt"]
+    full = load_math_dataset(str(MATH_FILE), conversational=False)["prompt"]
+    first = load_math_dataset(str(MATH_FILE), num_examples=4, seed=1, conversational=False)["prompt"]
+    assert first == load_math_dataset(str(MATH_FILE), num_examples=4, seed=1, conversational=False)["prompt"]
+    conversations = load_math_dataset(str(MATH_FILE), num_examples=4, seed=1)["prompt"]
+    assert [conversation[0]["content"] for conversation in conversations] == first  # the same draw in either format
     assert len(first) == 4 and len(set(first)) == 4 and set(first) <= set(full)
     assert first != full[:4]
-    orders = {tuple(load_math_dataset(str(MATH_FILE), num_examples=7, seed=seed)["prompt"]) for seed in range(4)}
+
+    def prompts(seed: int) -> tuple[str, ...]:
+        return tuple(load_math_dataset(str(MATH_FILE), num_examples=7, seed=seed, conversational=False)["prompt"])
+
+    orders = {prompts(seed) for seed in range(4)}
     assert len(orders) > 1
     with pytest.raises(ValueError, match="num_examples=10.* 7 "):
         load_math_dataset(str(MATH_FILE), num_examples=10)

@@ -23,10 +23,20 @@ def test_answers_are_correct_and_columns_present():
     assert len(dataset) == 300
     assert set(dataset.column_names) >= {"prompt", "answer", "family", "level", "key"}
     for row in dataset:
-        assert int(row["answer"]) == solve(row["prompt"]), row
+        ((message,),) = [row["prompt"]]  # conversational: one user message
+        assert message["role"] == "user"
+        question = message["content"]
+        assert int(row["answer"]) == solve(question), row
         if row["family"] == "division":
-            a, b = map(int, re.findall(r"\d+", row["prompt"]))
+            a, b = map(int, re.findall(r"\d+", question))
             assert a % b == 0
+
+
+def test_standard_format_is_the_same_questions_as_text():
+    conversational = arithmetic_dataset("test", num_examples=40, seed=2)
+    standard = arithmetic_dataset("test", num_examples=40, seed=2, conversational=False)
+    assert standard["prompt"] == [prompt[0]["content"] for prompt in conversational["prompt"]]
+    assert standard["key"] == conversational["key"] and standard["answer"] == conversational["answer"]
 
 
 def test_deterministic_by_seed_and_spread_over_families_and_levels():

@@ -35,6 +35,7 @@ from hf_adaptive_decoding.rewards.sandbox import (
     SandboxConfig,
     processes_of,
 )
+from tests.rewards.folders import shared_parent
 
 # No skip without bwrap: the suite holds the bubblewrap sandbox to its promises, and a machine where it cannot run
 # must show up red (the sandbox then says how to install it), not as skipped tests.
@@ -126,15 +127,6 @@ def assert_no_leftovers(uids: set[int], marker: str, grace: float = 3.0) -> None
     assert not found, f"processes outlived the sandbox: {found}"
 
 
-def visible_in_sandbox(path: Path) -> bool:
-    """Whether the sandbox sees `path` (read-only): bubblewrap hides /tmp, /var/tmp, /dev/shm, /root, /home, /run and
-    the home folder behind empty folders."""
-    home = os.path.realpath(os.path.expanduser("~"))
-    hidden = ["/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/run"] + ([home] if home != "/" else [])
-    real = os.path.realpath(path)
-    return not any(real == folder or real.startswith(folder + "/") for folder in hidden)
-
-
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {
         path.name: (path.read_bytes() if path.is_file() else b"", stat.S_IMODE(path.stat().st_mode))
@@ -158,9 +150,9 @@ class Host:
         # Canary folders: one the sandbox hides (under pytest's tmp_path), /tmp itself, and one it sees read-only.
         self.folders = [tmp_path / "canaries"]
         self.folders[0].mkdir()
-        # The checkout when the sandbox sees it; else (a checkout under /tmp or /home, as in CI) a system folder.
-        parents = [p for p in (REPO, Path("/var/lib"), Path("/var/cache")) if p.is_dir() and os.access(p, os.W_OK)]
-        parent = next((p for p in parents if visible_in_sandbox(p)), None)
+        # The checkout when the sandbox sees it and every uid can enter it; else (a checkout under /tmp or /home, as
+        # in CI, or in a mode-700 folder) a system folder.
+        parent = shared_parent(REPO)
         self.visible = parent / f".hfad-sandbox-canaries-{secrets.token_hex(4)}" if parent else None
         if self.visible is not None:
             self.visible.mkdir()

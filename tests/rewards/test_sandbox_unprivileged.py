@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.rewards.folders import SYSTEM_FOLDERS, reachable_by_everyone, shared_parent
+
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
@@ -69,13 +71,34 @@ def surviving(marker: str) -> list[int]:
     return found
 
 
+# What the scenario loads: the sandbox's modules, copied out of the checkout, which nobody may be unable to enter (a
+# clone under /root, or in a mode-700 folder).
+SANDBOX_MODULES = ("__init__.py", "sandbox.py", "sandbox_judge.py", "seccomp.py")
+
+
 @pytest.fixture
 def public_tmp():
-    """A folder nobody can reach, outside /tmp (which the sandbox replaces): pytest's tmp_path is private to root."""
-    path = Path(tempfile.mkdtemp(prefix=".hfad-unprivileged-", dir=ROOT))
+    """A fresh folder outside the checkout that nobody can enter and the sandbox sees read-only (so not under /tmp,
+    which the sandbox replaces; pytest's tmp_path is private to root)."""
+    parent = shared_parent()
+    if parent is None:
+        pytest.skip(f"none of {[str(folder) for folder in SYSTEM_FOLDERS]} is visible to the sandbox and to nobody")
+    path = Path(tempfile.mkdtemp(prefix=".hfad-unprivileged-", dir=parent))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def copy_sandbox_modules(folder: Path) -> Path:
+    """The sandbox's modules of this checkout, readable by everyone, in `folder/hf_adaptive_decoding/rewards`."""
+    package = folder / "hf_adaptive_decoding"
+    (package / "rewards").mkdir(parents=True)
+    for name in SANDBOX_MODULES:
+        copy = Path(shutil.copyfile(ROOT / "hf_adaptive_decoding" / "rewards" / name, package / "rewards" / name))
+        copy.chmod(0o644)
+    for path in (package, package / "rewards"):
+        path.chmod(0o755)
+    return package
 
 
 def test_unprivileged_sandbox_holds(public_tmp):
@@ -86,13 +109,14 @@ def test_unprivileged_sandbox_holds(public_tmp):
     canary = folder / "canary.txt"
     canary.write_text("intact")
     canary.chmod(0o666)  # nobody may write it: only the sandbox's read-only view protects it
+    assert reachable_by_everyone(folder)
     marker = f"hfad-unprivileged-{os.getpid()}"
     script = tmp_path / "scenario.py"
     script.write_text(textwrap.dedent(SCENARIO))
     script.chmod(0o644)
     environment = {"PATH": "/usr/bin:/bin", "HFAD_CANARY_SECRET": "s3cr3t-7c1e", "HOME": "/nonexistent"}
     command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", SYSTEM_PYTHON, str(script)]
-    command += [str(ROOT / "hf_adaptive_decoding"), str(canary), marker]
+    command += [str(copy_sandbox_modules(tmp_path)), str(canary), marker]
     run = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120, cwd=folder)
     assert run.returncode == 0, run.stderr[-3000:]
     outcome = json.loads(run.stdout.strip().splitlines()[-1])

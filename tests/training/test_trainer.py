@@ -12,7 +12,7 @@ from hf_adaptive_decoding import (
     AutoDecodingAdapter,
     DecodingAction,
 )
-from hf_adaptive_decoding.rewards.math_rewards import RewardFunctionError
+from hf_adaptive_decoding.rewards.scoring import RewardFunctionError
 from hf_adaptive_decoding.data.prompting import encode_prompts
 from hf_adaptive_decoding.training import checkpointing
 from tests.conftest import make_char_tokenizer, make_tiny_model
