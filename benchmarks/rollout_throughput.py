@@ -87,7 +87,7 @@ def main() -> None:
         "rollout/token": AutoDecodingAdapter.for_model(model, AdaptiveDecodingConfig.from_preset(args.token_preset)),
         "rollout/seq": AutoDecodingAdapter.for_model(model, AdaptiveDecodingConfig.from_preset(args.sequence_preset)),
     }
-    questions = arithmetic_dataset("validation", args.prompts)["prompt"]
+    questions = arithmetic_dataset("validation", args.prompts, conversational=False)["prompt"]
     enc = encode_chat(tokenizer, [f"{question}\n{INSTRUCTION}" for question in questions])
     prompt_length = enc["input_ids"].shape[1]
     rows = args.prompts * args.samples

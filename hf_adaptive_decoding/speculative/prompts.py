@@ -31,10 +31,10 @@ def builtin_draft_prompts(
     start, end = SPLITS[split]
     if not 0 <= num_code <= end - start:
         raise ValueError(f"num_code must be in [0, {end - start}] for the {split} split, got {num_code}.")
-    questions = [f"{q} {COT_INSTRUCTION}" for q in arithmetic_dataset(split, num_arithmetic)["prompt"]][
-        :num_arithmetic
-    ]
-    code = load_humaneval_dataset(end)["prompt"][start : start + num_code] if num_code else []
+    questions = [
+        f"{q} {COT_INSTRUCTION}" for q in arithmetic_dataset(split, num_arithmetic, conversational=False)["prompt"]
+    ][:num_arithmetic]
+    code = load_humaneval_dataset(end, conversational=False)["prompt"][start : start + num_code] if num_code else []
     paired = [message for pair in zip(questions, code, strict=False) for message in pair]
     messages = paired + questions[len(code) :] + code[len(questions) :]
     if not messages:

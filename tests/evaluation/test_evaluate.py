@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from hf_adaptive_decoding import AdaptiveDecodingConfig, AutoDecodingAdapter, DecodingAction
 from hf_adaptive_decoding.adapters.modeling import DecodingAdapterModel
+from hf_adaptive_decoding.data.prompting import encode_prompts
 from hf_adaptive_decoding.evaluation import runner
 from hf_adaptive_decoding.evaluation.evaluate import Z_95, Decoder, evaluate_decoders
 from hf_adaptive_decoding.generation.policies import ConstantPolicy, EntropyDynamicTemperatureLogitsWarper
@@ -328,13 +329,7 @@ def test_greedy_runs_one_sample_and_equals_plain_greedy_decoding(run):
     assert all(c["num_samples"].tolist() == [1, 1, 1] for c in greedy_calls)
     assert all(c["parallel_budgets"] is None and c["logits_processor"] is None for c in greedy_calls)
     tokenizer, model = run["tokenizer"], run["model"]
-    encoded = tokenizer.apply_chat_template(
-        [[{"role": "user", "content": p}] for p in PROMPTS],
-        add_generation_prompt=True,
-        padding=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
+    encoded = encode_prompts(tokenizer, PROMPTS, [None] * len(PROMPTS))  # standard (string) prompts: plain text
     plain = model.generate(
         input_ids=encoded["input_ids"],
         attention_mask=encoded["attention_mask"],
