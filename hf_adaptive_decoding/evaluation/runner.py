@@ -68,7 +68,7 @@ def rollout_and_score(
 ) -> ScoredRollouts:
     """
     Encode `rows`' prompts, roll them out under `policy` with [`~generation.rollout.generate_rollouts`], decode and
-    score every sample with `reward_funcs` ([`~rewards.math_rewards.score_completions`]).
+    score every sample with `reward_funcs` ([`~rewards.scoring.score_completions`]).
 
     With `seed`, every problem's random numbers are keyed by `(seed, problem id)` (`problem_ids`, default the rows'
     positions): any two decoders run with the same seed on the same problem draw the same numbers, whatever else is in
