@@ -25,7 +25,7 @@ from hf_adaptive_decoding import (
     math_reward,
 )
 from hf_adaptive_decoding.default_model import default_model_revision
-from hf_adaptive_decoding.training.checkpointing import complete_checkpoints
+from hf_adaptive_decoding.training.checkpointing import parse_resume_argument
 
 DATASETS = ("arithmetic", "math", "gsm8k", "humaneval", "code_contests")
 CODE_DATASETS = ("humaneval", "code_contests")
@@ -44,7 +44,7 @@ class ScriptArguments:
         default="hidden_state", metadata={"help": "hidden_state, or entropy (token level: the Section 4 ablation)."}
     )
     adapter: str | None = field(default=None, metadata={"help": "Start from this adapter (folder or Hub id)."})
-    adapter_hidden_size: int = 256
+    adapter_hidden_size: int = field(default=256, metadata={"help": "Hidden size of a fresh adapter's MLP."})
     dataset: str = field(default="arithmetic", metadata={"help": f"One of {DATASETS}."})
     dataset_path: str | None = field(
         default=None, metadata={"help": "math/gsm8k/code_contests: Hub id, file or folder."}
@@ -59,8 +59,8 @@ class ScriptArguments:
             "carved out of it, disjoint from the training prompts."
         },
     )
-    num_train_examples: int = 2000
-    num_eval_examples: int = 64
+    num_train_examples: int = field(default=2000, metadata={"help": "Training prompts (at most)."})
+    num_eval_examples: int = field(default=64, metadata={"help": "Validation prompts."})
     families: list[str] | None = field(default=None, metadata={"help": "arithmetic: task families (all)."})
     levels: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "arithmetic: difficulty levels."})
     sandbox_workers: int | None = field(
@@ -156,14 +156,9 @@ def main(level: str, default_config: Path) -> None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    resume = script_args.resume_from_checkpoint
-    if str(resume).lower() == "auto":  # continue a killed run if it left a checkpoint, else start afresh
-        resume = True if complete_checkpoints(training_args.output_dir) else None
-        training_args.overwrite_output_dir = resume is None
-    elif str(resume).lower() in ("true", "latest"):
-        resume = True
-    elif str(resume).lower() in ("false", "none", ""):
-        resume = None
+    resume, start_over = parse_resume_argument(script_args.resume_from_checkpoint, training_args.output_dir)
+    if start_over is not None:
+        training_args.overwrite_output_dir = start_over
     trainer.train(resume_from_checkpoint=resume)
     if trainer.accelerator.is_main_process:
         out = trainer.output_dir

@@ -35,25 +35,32 @@ class EvaluationArguments:
         default_factory=lambda: ["greedy=static:greedy", "min-p=static:T=1 min_p=0.1", "EDT=edt"],
         metadata={"help": "Decoder specs '<name>=<kind>[:<argument>]'."},
     )
-    output_dir: str = "outputs/evaluation"
+    output_dir: str = field(
+        default="outputs/evaluation", metadata={"help": "Where results.json, results.md and plots/ are written."}
+    )
     split: str = field(default="test", metadata={"help": "Held-out split to evaluate on (arithmetic: test)."})
-    num_test_examples: int = 64
+    num_test_examples: int = field(default=64, metadata={"help": "Held-out problems evaluated (at most)."})
     token_budgets: list[int] = field(default_factory=lambda: [48], metadata={"help": "Max new tokens, each."})
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"help": "Pass@k for these k."})
     num_samples: int = field(default=8, metadata={"help": "Samples per problem (>= max k)."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
+        metadata={"help": "Every decoder runs once per seed; Pass@k is averaged over them."},
+    )
     reference: str | None = field(default=None, metadata={"help": "Decoder the differences are measured against."})
     tables: list[str] = field(
         default_factory=list,
         metadata={"help": "Extra tables, each 'Title: decoder, decoder, ...' (a table of all decoders comes first)."},
     )
-    instruction: str = "Provide the final answer within \\boxed{}."
-    system_prompt: str | None = None
-    rows_per_batch: int = 256
+    instruction: str = field(
+        default="Provide the final answer within \\boxed{}.", metadata={"help": "Appended to each question."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "A system turn for the chat template."})
+    rows_per_batch: int = field(default=256, metadata={"help": "Rows (problems x samples) generated at once."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Finished runs, shared by evaluations (default: output_dir/cache)."}
     )
-    disable_tqdm: bool = False
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
 
 def main() -> None:

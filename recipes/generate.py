@@ -32,13 +32,16 @@ class GenerateArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "LM; default: embedded SmolLM2-135M."})
     adapter: str | None = field(default=None, metadata={"help": "Adapter folder or Hub id; default: a fresh one."})
     preset: str = field(default="math-token", metadata={"help": "Action space of a fresh adapter."})
-    system_prompt: str | None = None
-    max_new_tokens: int = 128
-    num_return_sequences: int = 1
-    batch_size: int = 16
+    system_prompt: str | None = field(default=None, metadata={"help": "A system turn for the chat template."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per completion."})
+    num_return_sequences: int = field(default=1, metadata={"help": "Completions per prompt."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts generated at once."})
     deterministic: bool = field(default=False, metadata={"help": "Take the policy's most likely action."})
-    seed: int = 0
-    output_file: str = "generations.jsonl"
+    seed: int = field(default=0, metadata={"help": "Seeds sampling."})
+    output_file: str = field(
+        default="generations.jsonl",
+        metadata={"help": "JSONL file written: one record per completion, with its actions and their names."},
+    )
 
 
 def load_prompts(args: GenerateArguments) -> list[str]:

@@ -23,7 +23,7 @@ mkdir -p "$OUT/logs"
 select_args=() tok_args=() seq_args=() eval_args=() sweep_args=()
 if [ "${REPRODUCE_SMOKE:-0}" = 1 ]; then
   select_args=(--num_eval_examples 1 --max_new_tokens 6 --disable_tqdm true)
-  train=(--max_steps 1 --num_train_examples 8 --num_eval_examples 2 --max_new_tokens 6 --eval_steps 1 --disable_tqdm true)
+  train=(--max_steps 1 --num_train_examples 8 --num_eval_examples 2 --max_completion_length 6 --eval_steps 1 --disable_tqdm true)
   tok_args=("${train[@]}" --token_budgets 4 6 --per_device_train_batch_size 2)
   seq_args=("${train[@]}" --parallel_budgets 1 2 --per_device_train_batch_size 2 --num_generations 2)
   small=(--num_test_examples 2 --num_samples 2 --ks 1 2 --seeds 0 --disable_tqdm true)

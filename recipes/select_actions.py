@@ -46,12 +46,14 @@ class SelectionArguments:
     token_k: int = field(default=4, metadata={"help": "Size of the token-level action space (Table 14)."})
     curve_k: int = field(default=12, metadata={"help": "Largest K on the best-of-K plot."})
     include_greedy: bool = field(default=True, metadata={"help": "Add greedy decoding to the 180 candidates."})
-    max_new_tokens: int = 48
-    instruction: str = "Provide the final answer within \\boxed{}."
-    system_prompt: str | None = None
+    max_new_tokens: int = field(default=48, metadata={"help": "Most tokens generated per sample."})
+    instruction: str = field(
+        default="Provide the final answer within \\boxed{}.", metadata={"help": "Appended to each question."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "A system turn for the chat template."})
     rows_per_batch: int = field(default=384, metadata={"help": "Rows (problems x strategies) generated at once."})
-    seed: int = 0
-    disable_tqdm: bool = False
+    seed: int = field(default=0, metadata={"help": "Seeds sampling: every candidate draws the same noise."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
 
 def temperature_only(action: DecodingAction) -> bool:

@@ -71,27 +71,48 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def render_card(run_dir: Path, name: str, bench: dict) -> str:
-    config = json.loads((run_dir / "config.json").read_text())
-    source = config["candidate_source"]
-    if source not in bench["sources"]:
-        raise ValueError(f"The benchmark measured {sorted(bench['sources'])}, not this adapter's source {source!r}.")
-    measured = bench["sources"][source]
+def _training_settings(run_dir: Path, source: str, bench: dict) -> dict:
+    """The run's `DraftTrainerConfig` as its last checkpoint recorded it, under the current field names."""
     states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     if not states:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint with the training settings (trainer_state.json).")
-    settings = json.loads(states[-1].read_text())["config"]
+    settings = DraftTrainerConfig.with_current_names(json.loads(states[-1].read_text())["config"])
     if source == "early_exit" and settings["early_exit_layer"] != bench["settings"]["early_exit_layer"]:
         raise ValueError(
             f"The adapter was trained for early exit at layer {settings['early_exit_layer']}, the benchmark used "
             f"{bench['settings']['early_exit_layer']}."
         )
-    # The command that reproduces the run: what differs from train_draft.py's defaults (the YAML over the dataclass).
+    return settings
+
+
+def _train_overrides(run_dir: Path, settings: dict, source: str, bench_settings: dict) -> dict:
+    """What the run set apart from train_draft.py's defaults (the YAML over the dataclass): the command line that
+    reproduces it, with the script's own arguments (prompt counts, the draft or model)."""
+    renamed = DraftTrainerConfig.renamed_fields()
     defaults = {f.name: f.default for f in fields(DraftTrainerConfig) if f.default is not MISSING}
+    defaults = {name: value for name, value in defaults.items() if name not in renamed}
     defaults |= yaml.safe_load(DEFAULT_CONFIG.read_text())
     skipped = {"output_dir", "overwrite_output_dir", "disable_tqdm"}
     overrides = {k: v for k, v in settings.items() if k in defaults and defaults[k] != v and k not in skipped}
-    cost = json.loads((run_dir / "cost_model.json").read_text())
+    script_path = run_dir / "script_args.json"
+    script_args = json.loads(script_path.read_text()) if script_path.exists() else {}
+    for key, value in script_args.items():
+        if key != "resume_from_checkpoint" and value is not None and defaults.get(key) != value:
+            overrides[key] = value
+    if (
+        source == "assistant_model"
+        and overrides.get("draft_model_layers", bench_settings["draft_layers"]) != (bench_settings["draft_layers"])
+    ):
+        raise ValueError(
+            f"The adapter was trained with a {overrides['draft_model_layers']}-layer draft, the benchmark used "
+            f"{bench_settings['draft_layers']} layers."
+        )
+    return overrides
+
+
+def _cost_section(cost: dict) -> str:
+    """The fitted cost per draft length, with a caveat when a cycle that drafts nothing is priced below the plain
+    step."""
     counts = {k: count for k, _, count in cost["measurements"]}
     cost_table = _table(
         ["drafted tokens k", *(str(k) for k in range(len(cost["seconds_by_length"])))],
@@ -100,28 +121,33 @@ def render_card(run_dir: Path, name: str, bench: dict) -> str:
             ["cycles timed", *(str(counts.get(k, 0)) for k in range(len(cost["seconds_by_length"])))],
         ],
     )
-    cost_caveat = ""
-    if cost["seconds_by_length"][0] < cost["plain_step"]:
-        cost_caveat = (
-            f"\n\nA cycle that drafts nothing is priced at {1000 * cost['seconds_by_length'][0]:.0f} ms, below the "
-            f"plain step's {1000 * cost['plain_step']:.0f} ms, although it runs the same forward pass: the few such "
-            "cycles the calibration times come at the ends of its calls, and the plain step is timed through "
-            "`generate`. So the replay flatters a policy that mostly skips drafting; the benchmark below measures "
-            "what it really does."
-        )
-    evals = json.loads((run_dir / "eval_results.json").read_text())
+    if cost["seconds_by_length"][0] >= cost["plain_step"]:
+        return cost_table
+    return cost_table + (
+        f"\n\nA cycle that drafts nothing is priced at {1000 * cost['seconds_by_length'][0]:.0f} ms, below the "
+        f"plain step's {1000 * cost['plain_step']:.0f} ms, although it runs the same forward pass: the few such "
+        "cycles the calibration times come at the ends of its calls, and the plain step is timed through "
+        "`generate`. So the replay flatters a policy that mostly skips drafting; the benchmark below measures "
+        "what it really does."
+    )
+
+
+def _replay_table(evals: dict) -> str:
     fixed = sorted((int(key.split("/")[1]), v) for key, v in evals.items() if key.startswith("eval_speedup_fixed/"))
-    replay_table = _table(
+    return _table(
         ["policy", "replayed speed-up"],
         [["this adapter (most likely decisions)", f"**{evals['eval_speedup']:.3f}**"]]
         + [[f"always draft {k}", f"{v:.3f}"] for k, v in fixed],
     )
+
+
+def _benchmark_section(measured: dict, source: str) -> tuple[str, str]:
+    """The benchmark's table of sides, and the verdict against the best transformers schedule."""
     rows = []
     for side, figures in measured["sides"].items():
         label = "this adapter" if side == "learned" else side.replace("hf ", "transformers ")
         ratio = f"{figures['ratio']:.3f} ({figures['ratio_min']:.3f}–{figures['ratio_max']:.3f})"
         rows.append([label, f"{figures['tokens_per_second']:.1f}", ratio])
-    benchmark_table = _table(["side", "tokens/s", "ratio to plain"], rows)
     best_hf = measured["best_hf"].replace("hf ", "transformers ")
     versus = measured.get("learned_vs_best_hf")
     if versus is None:
@@ -136,27 +162,26 @@ def render_card(run_dir: Path, name: str, bench: dict) -> str:
         f"Against the best transformers schedule for this source ({best_hf}), the adapter's tokens/s ratio is "
         f"{versus['ratio']:.3f} ({versus['ratio_min']:.3f}–{versus['ratio_max']:.3f} over rounds): {outcome} it."
     )
-    title, description, generate_source, cli_source = _source_text(source, settings, bench)
+    return _table(["side", "tokens/s", "ratio to plain"], rows), verdict
+
+
+def render_card(run_dir: Path, name: str, bench: dict) -> str:
+    config = json.loads((run_dir / "config.json").read_text())
+    source = config["candidate_source"]
+    if source not in bench["sources"]:
+        raise ValueError(f"The benchmark measured {sorted(bench['sources'])}, not this adapter's source {source!r}.")
+    settings = _training_settings(run_dir, source, bench)
     bench_settings = bench["settings"]
+    overrides = _train_overrides(run_dir, settings, source, bench_settings)
+    cost = json.loads((run_dir / "cost_model.json").read_text())
+    benchmark_table, verdict = _benchmark_section(bench["sources"][source], source)
+    title, description, generate_source, cli_source = _source_text(source, settings, bench)
     benchmark_setup = (
         f"{bench_settings['num_prompts']} test prompts ({bench_settings['arithmetic']} arithmetic, "
         f"{bench_settings['code']} HumanEval), batch 1, {bench_settings['max_new_tokens']} new tokens each, "
         f"{bench_settings['rounds']} measured rounds after a warm-up, all sides interleaved, torch "
         f"{bench_settings['torch']} on {bench_settings['threads']} CPU threads"
     )
-    script_path = run_dir / "script_args.json"
-    script_args = json.loads(script_path.read_text()) if script_path.exists() else {}
-    for key, value in script_args.items():  # prompt counts (in the YAML) and the draft or model (not in it)
-        if key != "resume_from_checkpoint" and value is not None and defaults.get(key) != value:
-            overrides[key] = value
-    if (
-        source == "assistant_model"
-        and overrides.get("draft_model_layers", bench_settings["draft_layers"]) != (bench_settings["draft_layers"])
-    ):
-        raise ValueError(
-            f"The adapter was trained with a {overrides['draft_model_layers']}-layer draft, the benchmark used "
-            f"{bench_settings['draft_layers']} layers."
-        )
     train_args = " ".join(f"--{k} {v}" for k, v in overrides.items())
     if source == "assistant_model" and "draft_model_layers" not in overrides:
         train_args += f" --draft_model_layers {bench_settings['draft_layers']}"
@@ -184,8 +209,8 @@ def render_card(run_dir: Path, name: str, bench: dict) -> str:
         num_eval=len(list(eval_folders[0].glob("*.pt"))) if eval_folders else "?",
         overrides=json.dumps(overrides) if overrides else "none",
         plain_ms=f"{1000 * cost['plain_step']:.0f}",
-        cost_table=cost_table + cost_caveat,
-        replay_table=replay_table,
+        cost_table=_cost_section(cost),
+        replay_table=_replay_table(json.loads((run_dir / "eval_results.json").read_text())),
         settings=json.dumps(settings, indent=2),
         benchmark_setup=benchmark_setup,
         benchmark_table=benchmark_table,

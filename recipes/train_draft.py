@@ -21,7 +21,7 @@ from hf_adaptive_decoding.default_model import default_model_revision
 from hf_adaptive_decoding.speculative.prompts import builtin_draft_prompts
 from hf_adaptive_decoding.speculative.sources import layer_dropped_draft
 from hf_adaptive_decoding.speculative.trainer import DraftTrainer, DraftTrainerConfig
-from hf_adaptive_decoding.training.checkpointing import complete_checkpoints
+from hf_adaptive_decoding.training.checkpointing import parse_resume_argument
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "train_draft.yaml"
 
@@ -34,12 +34,16 @@ class DraftScriptArguments:
     draft_model_layers: int | None = field(
         default=None, metadata={"help": "source=assistant_model: the draft is the target's first N layers."}
     )
-    num_train_arithmetic: int = 32
-    num_train_code: int = 32
-    num_eval_arithmetic: int = 8
-    num_eval_code: int = 8
+    num_train_arithmetic: int = field(default=32, metadata={"help": "Training prompts from the arithmetic tasks."})
+    num_train_code: int = field(default=32, metadata={"help": "Training prompts from HumanEval."})
+    num_eval_arithmetic: int = field(default=8, metadata={"help": "Validation prompts from the arithmetic tasks."})
+    num_eval_code: int = field(default=8, metadata={"help": "Validation prompts from HumanEval."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'true', a checkpoint folder, or 'auto' (resume if there is one)."}
+        default=None,
+        metadata={
+            "help": "'true' for the newest checkpoint in output_dir, a checkpoint folder, or 'auto': the newest "
+            "checkpoint if there is one, else start over in output_dir."
+        },
     )
 
 
@@ -55,10 +59,9 @@ def main() -> None:
         draft_model = layer_dropped_draft(model, script_args.draft_model_layers)
     train = builtin_draft_prompts(tokenizer, "train", script_args.num_train_arithmetic, script_args.num_train_code)
     evals = builtin_draft_prompts(tokenizer, "validation", script_args.num_eval_arithmetic, script_args.num_eval_code)
-    resume = script_args.resume_from_checkpoint
-    if resume == "auto":
-        resume = "true" if complete_checkpoints(args.output_dir) else None
-    resume = True if resume == "true" else resume
+    resume, start_over = parse_resume_argument(script_args.resume_from_checkpoint, args.output_dir)
+    if start_over is not None:
+        args.overwrite_output_dir = start_over
     revision = default_model_revision() if script_args.model_name_or_path is None else None
     trainer = DraftTrainer(model, args, train, evals, draft_model=draft_model, base_model_revision=revision)
     final = trainer.train(resume_from_checkpoint=resume)

@@ -1,5 +1,7 @@
+import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +9,46 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(path.name for path in (ROOT / "recipes").glob("*.py") if not path.name.startswith("_"))
+
+
+def _help_parser(recipe: str, monkeypatch) -> argparse.ArgumentParser:
+    """Run `recipes/<recipe> --help` in this process and return the parser whose help it printed."""
+    printed = []
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", lambda parser, file=None: printed.append(parser))
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "recipes" / recipe), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "recipes" / recipe), run_name="__main__")
+    assert exit_info.value.code in (0, None) and len(printed) == 1, recipe
+    return printed[0]
+
+
+def test_recipes_are_all_found():
+    assert {"train_tok.py", "train_seq.py", "train_draft.py", "evaluate.py", "generate.py"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_option_of_every_recipe_has_help(recipe, monkeypatch):
+    parser = _help_parser(recipe, monkeypatch)
+    options = [action for action in parser._actions if not isinstance(action, argparse._HelpAction)]
+    assert len(options) >= 3, recipe
+    missing = [action.option_strings[0] for action in options if not (action.help or "").strip()]
+    assert not missing, f"{recipe} --help shows no help for {missing}"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "old", "new"),
+    [("train_tok.py", "beta", "entropy_coef"), ("train_draft.py", "rollouts", "num_generations")],
+)
+def test_a_config_with_a_renamed_field_is_refused_with_its_new_name(recipe, old, new, monkeypatch, tmp_path):
+    config = tmp_path / "old.yaml"
+    default = (ROOT / "recipes" / "configs" / recipe.replace(".py", ".yaml")).read_text()
+    config.write_text(f"{default}\n{old}: 2\n")
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    monkeypatch.setattr(sys, "argv", [recipe, "--config", str(config), "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(ValueError, match=rf"\.{old} is now `{new}`.*set `{new}` instead"):
+        runpy.run_path(str(ROOT / "recipes" / recipe), run_name="__main__")
 
 
 @pytest.mark.slow
@@ -51,7 +93,7 @@ def test_generate_recipe_rejects_an_empty_dataset(tmp_path):
 def test_training_recipes_run_with_overrides_of_their_default_config(default_model, tmp_path, recipe):
     output = tmp_path / "adapter"
     command = [sys.executable, str(ROOT / "recipes" / recipe), "--output_dir", str(output), "--max_steps", "1"]
-    command += ["--per_device_train_batch_size", "2", "--num_generations", "2", "--max_new_tokens", "8"]
+    command += ["--per_device_train_batch_size", "2", "--num_generations", "2", "--max_completion_length", "8"]
     command += ["--token_budgets", "8", "--parallel_budgets", "1", "2", "--num_train_examples", "20"]
     command += ["--num_eval_examples", "2", "--disable_tqdm", "true"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -73,7 +115,7 @@ def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
         )
         train, evaluation = load_data(args)
         assert len(evaluation) == 2 and len(train) >= 1
-        assert not set(train["prompt"]) & set(evaluation["prompt"])
+        assert not {json.dumps(p) for p in train["prompt"]} & {json.dumps(p) for p in evaluation["prompt"]}
     train, evaluation = load_data(ScriptArguments(num_train_examples=50, num_eval_examples=10))
     assert not set(train["key"]) & set(evaluation["key"])
     train, evaluation = load_data(ScriptArguments(dataset="humaneval", num_train_examples=200, num_eval_examples=16))
@@ -95,7 +137,7 @@ def test_humaneval_config_trains_a_sequence_adapter_end_to_end(default_model, tm
     command = [sys.executable, str(ROOT / "recipes" / "train_seq.py")]
     command += ["--config", str(ROOT / "recipes/configs/train_seq_humaneval.yaml"), "--output_dir", str(output)]
     command += ["--max_steps", "1", "--per_device_train_batch_size", "2", "--num_generations", "2"]
-    command += ["--parallel_budgets", "1", "--max_new_tokens", "24", "--num_eval_examples", "2"]
+    command += ["--parallel_budgets", "1", "--max_completion_length", "24", "--num_eval_examples", "2"]
     command += ["--per_device_eval_batch_size", "2", "--disable_tqdm", "true", "--sandbox_workers", "2"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -173,9 +215,10 @@ def test_train_draft_recipe_runs_with_overrides_of_its_default_config(default_mo
 
     output = tmp_path / "draft"
     command = [sys.executable, str(ROOT / "recipes" / "train_draft.py"), "--output_dir", str(output)]
-    command += ["--max_steps", "2", "--max_new_tokens", "12", "--num_train_arithmetic", "2", "--num_train_code", "1"]
+    command += ["--max_steps", "2", "--max_completion_length", "12", "--num_train_arithmetic", "2"]
+    command += ["--num_train_code", "1"]
     command += ["--num_eval_arithmetic", "1", "--num_eval_code", "1", "--calibration_prompts", "1"]
-    command += ["--calibration_tokens", "12", "--warm_start_steps", "2", "--traces_per_step", "2"]
+    command += ["--calibration_tokens", "12", "--warm_start_steps", "2", "--per_device_train_batch_size", "2"]
     command += ["--disable_tqdm", "true"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

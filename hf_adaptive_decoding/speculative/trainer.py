@@ -10,18 +10,14 @@ import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..training import checkpointing
-from ..training.config import REPORT_TO
-from ..training.reporting import MetricsWriter
+from ..training.base import BaseAdapterTrainer, BaseTrainerConfig, renamed_field
 from .calibration import calibrate_cost_model
 from .modeling import CANDIDATE_SOURCES as SOURCES
 from .modeling import DRAFT_FEATURES, DraftAdapterModel
@@ -39,9 +35,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DraftTrainerConfig:
+class DraftTrainerConfig(BaseTrainerConfig):
     """
-    Configuration of [`DraftTrainer`].
+    Configuration of [`DraftTrainer`]. Field names follow TRL's `GRPOConfig` (and transformers' `TrainingArguments`)
+    where they mean the same. Each field's `help` is what `recipes/train_draft.py --help` shows.
 
     Parameters:
         output_dir (`str`): checkpoints, traces, the cost model, metrics, plots and the final adapter.
@@ -50,12 +47,12 @@ class DraftTrainerConfig:
             `"prompt_lookup"`.
         early_exit_layer (`int`, *optional*): early exit, the layer the draft exits at.
         max_draft_tokens (`int`): the adapter's cap on tokens drafted per cycle.
-        max_new_tokens (`int`): tokens generated per traced prompt.
+        max_completion_length (`int`): tokens generated per traced prompt.
         use_hidden_state (`bool`): whether the policy reads the target's hidden state.
         learning_rate (`float`), max_grad_norm (`float`): Adam and gradient clipping.
         max_steps (`int`): number of updates.
-        traces_per_step (`int`): traced prompts replayed per process and step.
-        rollouts (`int`): replays per trace and step.
+        per_device_train_batch_size (`int`): traced prompts replayed per process and step.
+        num_generations (`int`): replays of each of those traces per step (at least 2).
         credit (`str`): how decisions are credited. `"cycle"` (default): by their own cycle's differential reward,
             its tokens minus what they cost at the policy's current speed-up, against the mean over the trace's
             cycles ([`cycle_advantages`]). `"episode"`: by the replay's whole speed-up against the mean of the trace's
@@ -71,85 +68,126 @@ class DraftTrainerConfig:
         load_best_model_at_end (`bool`): the saved adapter is the one with the best replayed validation speed-up
             among the evaluations (the one right after the warm start included), as with transformers' Trainer; the
             latest weights stay in the last checkpoint.
-        eval_steps (`int`), save_steps (`int`), save_total_limit (`int`, *optional*), logging_steps (`int`).
-        report_to (`list[str]`): trackers for `accelerator.log` ("none", "tensorboard", "wandb", ...).
-        run_name (`str`, *optional*), seed (`int`), disable_tqdm (`bool`).
+        eval_steps (`int`), save_steps (`int`), seed (`int`); and the run's bookkeeping of [`BaseTrainerConfig`]
+            (`save_total_limit`, `logging_steps`, `report_to`, `run_name`, `disable_tqdm`).
+        max_new_tokens, traces_per_step, rollouts: renamed `max_completion_length`, `per_device_train_batch_size` and
+            `num_generations`; setting them is an error.
     """
 
-    output_dir: str = "outputs/draft-adapter"
-    overwrite_output_dir: bool = False
-    source: str = "early_exit"
-    early_exit_layer: int | None = None
-    max_draft_tokens: int = 8
-    max_new_tokens: int = 64
-    use_hidden_state: bool = True
-    learning_rate: float = 3e-3
-    max_grad_norm: float = 1.0
-    max_steps: int = 150
-    traces_per_step: int = 16
-    rollouts: int = 8
-    credit: str = "cycle"
-    entropy_coef: float = 0.01
-    warm_start_steps: int = 200
-    warm_start_smoothing: float = 0.1
-    warm_start_learning_rate: float = 1e-2
-    calibration_prompts: int = 3
-    calibration_tokens: int = 32
-    load_best_model_at_end: bool = True
-    eval_steps: int = 25
-    save_steps: int = 25
-    save_total_limit: int | None = 2
-    logging_steps: int = 1
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    run_name: str | None = None
-    seed: int = 42
-    disable_tqdm: bool = False
+    output_dir: str = field(
+        default="outputs/draft-adapter",
+        metadata={"help": "Where checkpoints, traces, the cost model, metrics, plots and the final adapter go."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds a previous run (its checkpoints, metrics and best-* "
+            "copies are deleted; traces and the cost model are kept). Without it, such a folder is refused unless "
+            "the run resumes."
+        },
+    )
+    source: str = field(
+        default="early_exit",
+        metadata={"help": f"The candidate source the adapter controls: one of {', '.join(SOURCES)}."},
+    )
+    early_exit_layer: int | None = field(
+        default=None, metadata={"help": "source=early_exit: the layer the draft exits at (required there)."}
+    )
+    max_draft_tokens: int = field(default=8, metadata={"help": "The adapter's cap on tokens drafted per cycle."})
+    max_completion_length: int = field(default=64, metadata={"help": "Tokens generated (greedily) per traced prompt."})
+    use_hidden_state: bool = field(
+        default=True, metadata={"help": "Whether the policy reads the target's hidden state besides its features."}
+    )
+    learning_rate: float = field(default=3e-3, metadata={"help": "Adam's learning rate for the RL steps."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradients are clipped to this norm."})
+    max_steps: int = field(default=150, metadata={"help": "Number of RL updates (after the warm start)."})
+    per_device_train_batch_size: int = field(
+        default=16, metadata={"help": "Traced prompts replayed per process and step (drawn with replacement)."}
+    )
+    num_generations: int = field(
+        default=8,
+        metadata={
+            "help": "Replays of each trace per step, with sampled stop decisions; at least 2 (the episode credit's "
+            "leave-one-out baseline)."
+        },
+    )
+    credit: str = field(
+        default="cycle",
+        metadata={
+            "help": "How decisions are credited: 'cycle' (each by its cycle's tokens minus their cost at the "
+            "policy's current speed-up, against the mean over the trace's cycles) or 'episode' (by the replay's "
+            "speed-up against the mean of the trace's other replays; noisier)."
+        },
+    )
+    entropy_coef: float = field(
+        default=0.01,
+        metadata={"help": "Coefficient of the bonus on the entropy of the stop decisions, against early collapse."},
+    )
+    warm_start_steps: int = field(
+        default=200,
+        metadata={
+            "help": "Before RL, this many steps of imitating the best fixed draft length on the training traces, on "
+            "the adapter's own states. 0: RL starts from the fresh adapter."
+        },
+    )
+    warm_start_smoothing: float = field(
+        default=0.1,
+        metadata={"help": "Label smoothing of the warm start's imitation, in [0, 0.5): the decisions still explore."},
+    )
+    warm_start_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Adam's learning rate for the warm start's imitation."}
+    )
+    calibration_prompts: int = field(
+        default=3,
+        metadata={"help": "Training prompts timed when fitting the cost model (output_dir/cost_model.json)."},
+    )
+    calibration_tokens: int = field(
+        default=32, metadata={"help": "Tokens generated per calibration prompt and draft length."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True,
+        metadata={
+            "help": "Save the adapter with the best replayed validation speed-up among the evaluations (the one "
+            "after the warm start included); the latest weights stay in the last checkpoint."
+        },
+    )
+    eval_steps: int = field(
+        default=25, metadata={"help": "Replay the validation traces every this many steps and at the end."}
+    )
+    save_steps: int = field(default=25, metadata={"help": "Save a checkpoint every this many steps and at the end."})
+    seed: int = field(
+        default=42,
+        metadata={"help": "Seeds the adapter's initialisation, the traces drawn and the sampled decisions."},
+    )
+    max_new_tokens: int | None = renamed_field("max_completion_length", "TRL's name for the generated length")
+    traces_per_step: int | None = renamed_field(
+        "per_device_train_batch_size", "TRL's name for the prompts per process and step"
+    )
+    rollouts: int | None = renamed_field("num_generations", "TRL's name for the samples per prompt")
 
     def __post_init__(self):
-        if self.source not in SOURCES:
-            raise ValueError(f"DraftTrainerConfig.source must be one of {SOURCES}, got {self.source!r}.")
+        self._check_renamed_and_trackers()
+        self._check("source", self.source in SOURCES, f"one of {SOURCES}")
         if self.source == "early_exit" and self.early_exit_layer is None:
             raise ValueError("DraftTrainerConfig.source='early_exit' needs early_exit_layer (e.g. 8).")
-        for name in ("max_draft_tokens", "max_new_tokens", "max_steps", "traces_per_step", "eval_steps", "save_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DraftTrainerConfig.{name} must be an int >= 1, got {value!r}.")
-        if isinstance(self.rollouts, bool) or not isinstance(self.rollouts, int) or self.rollouts < 2:
-            raise ValueError(
-                f"DraftTrainerConfig.rollouts must be an int >= 2 (a leave-one-out baseline), got {self.rollouts!r}."
-            )
-        if (
-            isinstance(self.warm_start_steps, bool)
-            or not isinstance(self.warm_start_steps, int)
-            or self.warm_start_steps < 0
-        ):
-            raise ValueError(
-                f"DraftTrainerConfig.warm_start_steps must be an int >= 0, got {self.warm_start_steps!r}."
-            )
-        if not 0.0 <= self.warm_start_smoothing < 0.5:
-            raise ValueError(
-                f"DraftTrainerConfig.warm_start_smoothing must be in [0, 0.5), got {self.warm_start_smoothing}."
-            )
-        if self.credit not in ("cycle", "episode"):
-            raise ValueError(f"DraftTrainerConfig.credit must be 'cycle' or 'episode', got {self.credit!r}.")
-        if not self.learning_rate > 0 or not self.warm_start_learning_rate > 0:
-            raise ValueError(
-                f"DraftTrainerConfig.learning_rate and warm_start_learning_rate must be > 0, got {self.learning_rate} "
-                f"and {self.warm_start_learning_rate}."
-            )
-        unknown = set(self.report_to) - set(REPORT_TO)
-        if unknown:
-            raise ValueError(f"DraftTrainerConfig.report_to has {sorted(unknown)}; allowed: {list(REPORT_TO)}.")
-
-    @property
-    def trackers(self) -> list[str]:
-        return [name for name in self.report_to if name != "none"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        for name in ("max_draft_tokens", "max_completion_length", "max_steps", "per_device_train_batch_size"):
+            self._check_int(name, 1)
+        for name in ("eval_steps", "save_steps", "logging_steps"):
+            self._check_int(name, 1)
+        self._check_int("save_total_limit", 1, optional=True)
+        self._check("num_generations", _is_int(self.num_generations, 2), "an int >= 2 (a leave-one-out baseline)")
+        self._check_int("warm_start_steps", 0)
+        self._check("warm_start_smoothing", 0.0 <= self.warm_start_smoothing < 0.5, "in [0, 0.5)")
+        self._check("credit", self.credit in ("cycle", "episode"), "'cycle' or 'episode'")
+        self._check("learning_rate", self.learning_rate > 0, "> 0")
+        self._check("warm_start_learning_rate", self.warm_start_learning_rate > 0, "> 0")
 
 
-class DraftTrainer:
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+class DraftTrainer(BaseAdapterTrainer):
     """
     Learns a [`DraftAdapterModel`] for `model` and a candidate source, with REINFORCE on throughput.
 
@@ -159,8 +197,9 @@ class DraftTrainer:
        ([`calibrate_cost_model`], `output_dir/cost_model.json`), so rewards do not depend on the machine's noise.
     3. Warm start: the fixed draft length with the best replayed speed-up on the training traces is imitated for
        `warm_start_steps` steps, on the states the adapter itself reaches (label-smoothed, so it keeps exploring).
-    4. Steps: `rollouts` replays of each of `traces_per_step` traces with sampled stop decisions (the output is the
-       same in all of them: only the drafting differs), each decision credited by `credit`, plus an entropy bonus.
+    4. Steps: `num_generations` replays of each of `per_device_train_batch_size` traces with sampled stop decisions
+       (the output is the same in all of them: only the drafting differs), each decision credited by `credit`, plus
+       an entropy bonus.
 
     Args:
         model ([`~transformers.PreTrainedModel`]): the target, frozen.
@@ -170,6 +209,10 @@ class DraftTrainer:
         draft_model ([`~transformers.PreTrainedModel`], *optional*): the draft, for `source="assistant_model"`.
         base_model_revision (`str`, *optional*): the target's revision, recorded in a fresh adapter's config.
     """
+
+    tracker_project_name = "hf_adaptive_decoding_draft"
+    progress_description = "Training draft adapter"
+    optional_resumed_state = ("best_eval_speedup", "best_step")
 
     def __init__(
         self,
@@ -185,10 +228,9 @@ class DraftTrainer:
             raise ValueError("DraftTrainer needs at least one training and one validation prompt.")
         if args.source == "assistant_model" and draft_model is None:
             raise ValueError("source='assistant_model' needs draft_model=.")
-        self.args, self.model, self.draft_model = args, model.eval().requires_grad_(False), draft_model
+        super().__init__(args)
+        self.model, self.draft_model = model.eval().requires_grad_(False), draft_model
         self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
-        self.output_dir = Path(args.output_dir)
-        self.accelerator = Accelerator(log_with=args.trackers or None, project_dir=str(self.output_dir))
         set_seed(args.seed)
         adapter = adapter or DraftAdapterModel.for_model(
             model,
@@ -200,18 +242,13 @@ class DraftTrainer:
         adapter.check_compatible(model)
         optimizer = torch.optim.Adam(adapter.parameters(), lr=args.learning_rate)
         self.adapter, self.optimizer = self.accelerator.prepare(adapter.train(), optimizer)
-        self.state: dict[str, Any] = {"global_step": 0, "log_history": []}
-
-    @property
-    def unwrapped_adapter(self) -> DraftAdapterModel:
-        return self.accelerator.unwrap_model(self.adapter)
 
     # ------------------------------------------------------------------------------------------------ preparation
 
     def _traces(self, prompts: list[torch.LongTensor], split: str) -> list[DraftTrace]:
         """Each process traces its share of `prompts`; every trace is saved once and read by all processes."""
         args, accelerator = self.args, self.accelerator
-        key = json.dumps([args.source, args.early_exit_layer, args.max_new_tokens, args.max_draft_tokens])
+        key = json.dumps([args.source, args.early_exit_layer, args.max_completion_length, args.max_draft_tokens])
         folder = self.output_dir / "traces" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
         folder.mkdir(parents=True, exist_ok=True)
         mine = range(accelerator.process_index, len(prompts), accelerator.num_processes)
@@ -223,7 +260,7 @@ class DraftTrainer:
                 self.model,
                 prompts[index].to(self.model.device),
                 args.source,
-                args.max_new_tokens,
+                args.max_completion_length,
                 args.max_draft_tokens,
                 draft_model=self.draft_model,
                 early_exit_layer=args.early_exit_layer,
@@ -252,63 +289,34 @@ class DraftTrainer:
 
     # ----------------------------------------------------------------------------------------------- training
 
-    def train(self, resume_from_checkpoint: bool | str | os.PathLike | None = None) -> dict[str, Any]:
-        """
-        Train for `max_steps`; `resume_from_checkpoint=True` continues from the newest complete checkpoint. Returns
-        the validation results of the saved adapter (`eval_results.json`).
-        """
-        args, accelerator = self.args, self.accelerator
-        self._prepare_output_dir(resume_from_checkpoint)
+    def _before_loop(self) -> None:
+        """Trace the prompts, fit (or read) the cost model and, in a fresh run, warm start and validate at step 0."""
         self.train_traces = self._traces(self.train_prompts, "train")
         self.eval_traces = self._traces(self.eval_prompts, "eval")
         self.cost_model = self._cost_model()
-        if args.trackers:
-            config = {
-                k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in args.to_dict().items()
-            }
-            accelerator.init_trackers(args.run_name or "hf_adaptive_decoding_draft", config=config)
         if self.state["global_step"] == 0:
-            if args.warm_start_steps:
+            if self.args.warm_start_steps:
                 self._log({"step": 0, **self._warm_start()})
-            self._evaluate_and_keep_best(0)
-        progress = tqdm(
-            total=args.max_steps,
-            initial=self.state["global_step"],
-            desc="Training draft adapter",
-            disable=args.disable_tqdm or not accelerator.is_local_main_process,
-        )
-        while self.state["global_step"] < args.max_steps:
-            step = self.state["global_step"] + 1
-            metrics = self._step(step)
-            self.state["global_step"] = step
-            progress.update(1)
-            progress.set_postfix(speedup=f"{metrics['speedup']:.3f}", draft=f"{metrics['draft_length']:.2f}")
-            if step % args.logging_steps == 0 or step == args.max_steps:
-                self._log({"step": step, **metrics})
-            if step % args.eval_steps == 0 or step == args.max_steps:
-                self._evaluate_and_keep_best(step)
-            if step % args.save_steps == 0 or step == args.max_steps:
-                checkpointing.save_and_rotate(accelerator, self.output_dir, step, self.state, args.save_total_limit)
-        progress.close()
-        final = self._finish()
-        accelerator.end_training()
-        return final
+            self._evaluate_during_training(0)
 
-    def _step(self, step: int) -> dict[str, float]:
+    def _progress_postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"speedup": f"{metrics['speedup']:.3f}", "draft": f"{metrics['draft_length']:.2f}"}
+
+    def _training_step(self, step: int) -> dict[str, float]:
         args, accelerator = self.args, self.accelerator
         start = time.perf_counter()
         draw = random.Random(f"{args.seed}:{step}:{accelerator.process_index}")
-        traces = [draw.choice(self.train_traces) for _ in range(args.traces_per_step)]
+        traces = [draw.choice(self.train_traces) for _ in range(args.per_device_train_batch_size)]
         torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + accelerator.process_index)
-        result = simulate_drafting(self.unwrapped_adapter, traces, self.cost_model, rollouts=args.rollouts)
-        speedup = result.speedup.view(len(traces), args.rollouts).to(accelerator.device)
+        result = simulate_drafting(self.unwrapped_adapter, traces, self.cost_model, rollouts=args.num_generations)
+        speedup = result.speedup.view(len(traces), args.num_generations).to(accelerator.device)
         hidden = result.hidden.to(accelerator.device) if args.use_hidden_state else None
         logits = self.adapter(result.features.to(accelerator.device), hidden).stop_logits.float()
         if args.credit == "cycle":
-            advantages = cycle_advantages(result, args.rollouts).to(accelerator.device)
+            advantages = cycle_advantages(result, args.num_generations).to(accelerator.device)
             policy_loss = -(advantages * decision_log_probs(logits, result)).sum() / len(result.speedup)
         else:
-            others = (speedup.sum(dim=1, keepdim=True) - speedup) / (args.rollouts - 1)
+            others = (speedup.sum(dim=1, keepdim=True) - speedup) / (args.num_generations - 1)
             advantages = (speedup - others).flatten()
             policy_loss = -(advantages * episode_log_probs(logits, result)).mean()
         probs = torch.sigmoid(logits)
@@ -360,14 +368,10 @@ class DraftTrainer:
         best_length = max(speedups, key=speedups.get)
         optimizer = torch.optim.Adam(self.adapter.parameters(), lr=args.warm_start_learning_rate)
         position = DRAFT_FEATURES.index("position")
-        progress = tqdm(
-            range(args.warm_start_steps),
-            desc=f"Warm start (fixed length {best_length})",
-            disable=args.disable_tqdm or not accelerator.is_local_main_process,
-        )
+        progress = self._progress_bar(range(args.warm_start_steps), desc=f"Warm start (fixed length {best_length})")
         for step in progress:
             draw = random.Random(f"{args.seed}:warm:{step}:{accelerator.process_index}")
-            traces = [draw.choice(self.train_traces) for _ in range(args.traces_per_step)]
+            traces = [draw.choice(self.train_traces) for _ in range(args.per_device_train_batch_size)]
             torch.manual_seed(args.seed * 1_000_003 - step * 1_009 - accelerator.process_index)
             result = simulate_drafting(self.unwrapped_adapter, traces, self.cost_model)
             features = result.features.to(accelerator.device)
@@ -408,33 +412,14 @@ class DraftTrainer:
 
     # ------------------------------------------------------------------------------------------------- output
 
-    def _prepare_output_dir(self, resume_from_checkpoint: bool | str | os.PathLike | None) -> None:
-        args, accelerator = self.args, self.accelerator
-        self.state["config"] = args.to_dict()
-        if resume_from_checkpoint:
-            checkpoint = checkpointing.resolve_checkpoint(self.output_dir, resume_from_checkpoint)
-            saved = checkpointing.load_checkpoint(accelerator, checkpoint)
-            self.state.update({key: saved[key] for key in ("global_step", "log_history")})
-            self.state.update({key: saved[key] for key in ("best_eval_speedup", "best_step") if key in saved})
-            if accelerator.is_main_process:
-                checkpointing.discard_checkpoints_after(self.output_dir, self.state["global_step"])
-                MetricsWriter(self.output_dir).truncate(self.state["global_step"])
-            logger.info("Resumed from %s at step %d.", checkpoint, self.state["global_step"])
-        elif checkpointing.complete_checkpoints(self.output_dir) or (self.output_dir / "metrics.jsonl").exists():
-            if not args.overwrite_output_dir:
-                raise ValueError(
-                    f"output_dir {str(self.output_dir)!r} already holds a training run. Pass "
-                    "resume_from_checkpoint=True to continue it, overwrite_output_dir=True to start over there, or "
-                    "another output_dir."
-                )
-            if accelerator.is_main_process:  # traces and the cost model stay: they do not depend on the policy
-                checkpointing.discard_checkpoints_after(self.output_dir, -1)
-                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-                for folder in self.output_dir.glob("best-*"):
-                    shutil.rmtree(folder)
-        accelerator.wait_for_everyone()
+    def _discard_previous_run(self) -> None:
+        """Also the best adapters' copies; traces and the cost model stay: they do not depend on the policy."""
+        super()._discard_previous_run()
+        for folder in self.output_dir.glob("best-*"):
+            shutil.rmtree(folder)
 
-    def _evaluate_and_keep_best(self, step: int) -> None:
+    def _evaluate_during_training(self, step: int) -> None:
+        """Validate, log, and keep a copy of the adapter when it is the best so far."""
         results = self.evaluate()
         self._log({"step": step, **results})
         if results["eval_speedup"] > self.state.get("best_eval_speedup", float("-inf")):
@@ -443,12 +428,6 @@ class DraftTrainer:
                 # Before the checkpoint that records it, and kept after the run: a resumed or extended run may
                 # still end on it. (A few copies of a small adapter.)
                 self.unwrapped_adapter.save_pretrained(self.output_dir / f"best-{step}")
-
-    def _log(self, entry: dict[str, Any]) -> None:
-        self.state["log_history"].append(entry)
-        MetricsWriter(self.output_dir, enabled=self.accelerator.is_main_process).write(entry)
-        if self.args.trackers:
-            self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 
     def _finish(self) -> dict[str, Any]:
         """Save the adapter with its validation results, and plot the run; returns those results."""

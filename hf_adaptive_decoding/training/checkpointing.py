@@ -144,3 +144,32 @@ def _remove(checkpoint: Path) -> None:
     # The marker goes first: a deletion cut short must not leave a half-deleted folder that looks complete.
     (checkpoint / COMPLETE_MARKER).unlink(missing_ok=True)
     shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def parse_resume_argument(
+    value: str | None, output_dir: str | os.PathLike
+) -> tuple[bool | str | None, bool | None]:
+    """
+    A recipe's `--resume_from_checkpoint` as [`~BaseAdapterTrainer.train`] takes it.
+
+    Args:
+        value (`str`, *optional*): `"true"` or `"latest"` (the newest complete checkpoint in `output_dir`), a
+            checkpoint folder, `"false"`, `"none"` or nothing (start a new run), or `"auto"`: the newest checkpoint if
+            `output_dir` holds one, else start over in `output_dir` (what a killed run that is simply started again
+            needs).
+        output_dir (`str` or `os.PathLike`): the run's folder.
+
+    Returns:
+        `tuple`: `resume_from_checkpoint` for `train`, and `True` when the run must start over in `output_dir`
+        (`"auto"` without a checkpoint: set `overwrite_output_dir`), `False` when it must not (`"auto"` with one),
+        `None` when the settings decide.
+    """
+    lowered = str(value).lower()
+    if lowered == "auto":
+        resume = bool(complete_checkpoints(output_dir))
+        return (True if resume else None), not resume
+    if lowered in ("true", "latest"):
+        return True, None
+    if value is None or lowered in ("false", "none", ""):
+        return None, None
+    return value, None

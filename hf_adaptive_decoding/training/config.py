@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+
+from .base import REPORT_TO, BaseTrainerConfig, renamed_field
+
+__all__ = ["BASELINES", "REPORT_TO", "SCALE_REWARDS", "AdapterTrainerConfig"]
 
 BASELINES = ("batch_mean", "leave_one_out", "moving_average")
-REPORT_TO = ("none", "all", "tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
+SCALE_REWARDS = ("none", "batch", "group")
 
 
 @dataclass
-class AdapterTrainerConfig:
+class AdapterTrainerConfig(BaseTrainerConfig):
     """
-    Configuration of [`AdapterTrainer`]. Field names follow TRL's `GRPOConfig` where one exists; the paper's own
-    settings (Section 2, Appendix D) come after.
+    Configuration of [`AdapterTrainer`]. Field names follow TRL's `GRPOConfig` (and transformers' `TrainingArguments`)
+    where they mean the same; the paper's own settings (Section 2, Appendix D) come after. Each field's `help` is
+    what a recipe's `--help` shows.
 
     A *step* is one optimizer update on `per_device_train_batch_size` prompts per process. Token level: each prompt
     gets `num_generations` trajectories, each with per-token actions, rewarded one by one. Sequence level: each prompt
@@ -33,17 +37,20 @@ class AdapterTrainerConfig:
         max_steps (`int`): number of updates.
         per_device_train_batch_size (`int`): prompts per process and step.
         num_generations (`int`): trajectories (token level) or actions (sequence level) per prompt.
-        max_new_tokens (`int`): the largest token budget.
+        max_completion_length (`int`): the largest token budget: the most tokens a sample generates (validation
+            always uses it).
         token_budgets (`list[int]`, *optional*): token level, the budgets `b` drawn per prompt (each trajectory stops
-            after `b` tokens and sees `b_t = b - t`); default `[max_new_tokens]`.
+            after `b` tokens and sees `b_t = b - t`); default `[max_completion_length]`.
         parallel_budgets (`list[int]`): sequence level, the parallel budgets `B` drawn per prompt.
         reward_aggregation (`str`): sequence level, how the `B` rewards of one action make its reward: `"mean"`,
             `"best_of_b"` (the maximum) or `"pass@k"` (the unbiased estimate from `B` samples, `k <= B`).
-        beta (`float`): entropy bonus coefficient of Eq. (1).
+        entropy_coef (`float`): entropy bonus coefficient of Eq. (1) (TRL's `entropy_coef`; TRL's `beta` is a KL
+            coefficient, which this objective does not have).
         baseline (`str`): `"batch_mean"` (the mean reward of the whole step, over all processes), `"leave_one_out"`
             (the mean of the other `num_generations - 1` rollouts of the same prompt) or `"moving_average"`.
         baseline_momentum (`float`): the moving average's momentum.
-        scale_advantages (`bool`): divide advantages by the step's reward standard deviation.
+        scale_rewards (`str`): as TRL's: divide the advantages by the standard deviation of the rewards of the whole
+            step (`"batch"`) or of each prompt's `num_generations` rollouts (`"group"`), or not (`"none"`).
         max_prob_threshold (`float`, *optional*): token level, steps whose next-token max probability exceeds it are
             left out of the loss (Section 2.3: 0.95). `None` keeps every step.
         filter_prompts (`bool`): leave out of the update the prompts whose `num_generations` rewards are all equal
@@ -59,102 +66,215 @@ class AdapterTrainerConfig:
         eval_num_examples (`int`, *optional*): how many validation prompts (default all).
         per_device_eval_batch_size (`int`): prompts per process and evaluation batch.
         save_steps (`int`): checkpoint every this many steps (and at the end).
-        save_total_limit (`int`, *optional*): keep at most this many checkpoints.
-        logging_steps (`int`): log metrics every this many steps.
-        report_to (`list[str]`): trackers (`"tensorboard"`, `"wandb"`, `"trackio"`, ...); `["none"]` by default.
-        run_name (`str`, *optional*): the trackers' run name.
+        save_total_limit, logging_steps, report_to, run_name, disable_tqdm: the run's bookkeeping, see
+            [`BaseTrainerConfig`].
         seed (`int`): seeds data order, CoT assignment, budgets and sampling.
         mixed_precision (`str`): `"no"`, `"bf16"` or `"fp16"` (for the adapter's update, through Accelerate).
         push_to_hub (`bool`), hub_model_id (`str`, *optional*), hub_private_repo (`bool`, *optional*): publish the
             final adapter with its model card.
         plot (`bool`): write PNG plots of action probabilities and validation reward (needs matplotlib).
-        disable_tqdm (`bool`): no progress bar.
+        beta, max_new_tokens, scale_advantages: renamed `entropy_coef`, `max_completion_length` and `scale_rewards`
+            (`scale_advantages=True` is `scale_rewards="batch"`); setting them is an error.
     """
 
-    output_dir: str = "outputs/adapter"
-    overwrite_output_dir: bool = False
-    learning_rate: float = 1e-3
-    lr_decay: float = 0.999
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    max_grad_norm: float = 1.0
-    disable_dropout: bool = True
-    max_steps: int = 100
-    per_device_train_batch_size: int = 8
-    num_generations: int = 4
-    max_new_tokens: int = 64
-    token_budgets: list[int] | None = None
-    parallel_budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    reward_aggregation: str = "best_of_b"
-    beta: float = 0.01
-    baseline: str = "leave_one_out"
-    baseline_momentum: float = 0.9
-    scale_advantages: bool = False
-    max_prob_threshold: float | None = 0.95
-    filter_prompts: bool = True
-    cot_ratio: float = 0.0
-    instruction: str = "Provide the final answer within \\boxed{}."
-    cot_instruction: str = "Think step by step, then provide the final answer within \\boxed{}."
-    system_prompt: str | None = None
-    reward_weights: list[float] | None = None
-    reward_timeout: float | None = 300.0
-    failure_reward: float = 0.0
-    eval_steps: int | None = 50
-    eval_num_examples: int | None = None
-    per_device_eval_batch_size: int = 32
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    logging_steps: int = 1
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    run_name: str | None = None
-    seed: int = 42
-    mixed_precision: str = "no"
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private_repo: bool | None = None
-    plot: bool = True
-    disable_tqdm: bool = False
+    output_dir: str = field(
+        default="outputs/adapter",
+        metadata={"help": "Where checkpoints, metrics (metrics.jsonl), plots and the final adapter are written."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds a previous run (its checkpoints and metrics are deleted). "
+            "Without it, such a folder is refused unless the run resumes."
+        },
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam's learning rate."})
+    lr_decay: float = field(
+        default=0.999,
+        metadata={"help": "Factor of the exponential learning-rate schedule per step, in (0, 1]; 1.0 is constant."},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam's weight decay."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam's beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam's beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradients are clipped to this norm."})
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Update the adapter without dropout, so that the policy differentiated is exactly the one that "
+            "chose the actions (rollouts always run without dropout)."
+        },
+    )
+    max_steps: int = field(default=100, metadata={"help": "Number of optimizer updates."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Prompts per process and step."})
+    num_generations: int = field(
+        default=4,
+        metadata={"help": "Trajectories (token level) or actions (sequence level) sampled per prompt and step."},
+    )
+    max_completion_length: int = field(
+        default=64,
+        metadata={
+            "help": "The largest token budget: the most tokens a sample generates. Validation always uses it; at "
+            "sequence level, so does training."
+        },
+    )
+    token_budgets: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Token level: the budgets b drawn per prompt; a trajectory stops after b tokens and its adapter "
+            "sees the remaining b_t = b - t. Each at most max_completion_length (the default: only that)."
+        },
+    )
+    parallel_budgets: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8],
+        metadata={"help": "Sequence level: the parallel budgets B (samples per action) drawn per prompt."},
+    )
+    reward_aggregation: str = field(
+        default="best_of_b",
+        metadata={
+            "help": "Sequence level: how the B rewards of one action make its reward: 'mean', 'best_of_b' (the "
+            "maximum) or 'pass@k' (the unbiased estimate from B samples, k <= min(parallel_budgets))."
+        },
+    )
+    entropy_coef: float = field(
+        default=0.01,
+        metadata={
+            "help": "Coefficient of the entropy bonus of Eq. (1), >= 0: the loss subtracts it times the mean entropy "
+            "of the adapter's decisions in the loss."
+        },
+    )
+    baseline: str = field(
+        default="leave_one_out",
+        metadata={
+            "help": "What the advantage subtracts from a reward: 'leave_one_out' (the mean of the prompt's other "
+            "num_generations - 1 rollouts), 'batch_mean' (the mean reward of the whole step, all processes) or "
+            "'moving_average' (of the steps' mean rewards)."
+        },
+    )
+    baseline_momentum: float = field(
+        default=0.9, metadata={"help": "Momentum of the 'moving_average' baseline, in [0, 1)."}
+    )
+    scale_rewards: str = field(
+        default="none",
+        metadata={
+            "help": "Divide the advantages by the standard deviation of the rewards of the whole step ('batch'), of "
+            "each prompt's num_generations rollouts ('group'; needs num_generations >= 2), or not ('none'). As in "
+            "TRL, true means 'group' and false 'none'."
+        },
+    )
+    max_prob_threshold: float | None = field(
+        default=0.95,
+        metadata={
+            "help": "Token level: steps whose next-token max probability exceeds it are left out of the loss (the "
+            "action barely matters there; Section 2.3). None keeps every step."
+        },
+    )
+    filter_prompts: bool = field(
+        default=True,
+        metadata={
+            "help": "Leave out of the update the prompts whose num_generations rewards are all equal (none solved: "
+            "too sparse; all solved: nothing to learn). Needs num_generations >= 2."
+        },
+    )
+    cot_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of prompts that get cot_instruction instead of instruction (Appendix D.2)."},
+    )
+    instruction: str = field(
+        default="Provide the final answer within \\boxed{}.",
+        metadata={"help": "Appended to each question: the direct prompt (validation always uses it)."},
+    )
+    cot_instruction: str = field(
+        default="Think step by step, then provide the final answer within \\boxed{}.",
+        metadata={"help": "Appended to the questions of the cot_ratio share of prompts: the chain-of-thought prompt."},
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "A system turn for the chat template."})
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "One weight per reward function; the reward is their weighted sum. If None, all weights are 1."
+        },
+    )
+    reward_timeout: float | None = field(
+        default=300.0,
+        metadata={
+            "help": "Seconds a reward function may take per call before its samples get failure_reward. None: no "
+            "limit."
+        },
+    )
+    failure_reward: float = field(
+        default=0.0, metadata={"help": "The reward of samples whose reward function timed out."}
+    )
+    eval_steps: int | None = field(
+        default=50,
+        metadata={
+            "help": "Validate the deterministic policy every this many steps and at the end (with an eval dataset). "
+            "None: never during training."
+        },
+    )
+    eval_num_examples: int | None = field(
+        default=None, metadata={"help": "How many validation prompts are used. None: all."}
+    )
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Prompts per process and validation batch."})
+    save_steps: int = field(default=50, metadata={"help": "Save a checkpoint every this many steps and at the end."})
+    seed: int = field(
+        default=42, metadata={"help": "Seeds the data order, the CoT assignment, the budgets drawn and sampling."}
+    )
+    mixed_precision: str = field(
+        default="no", metadata={"help": "'no', 'bf16' or 'fp16': the adapter's update, through Accelerate."}
+    )
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Push the final adapter with its model card to hub_model_id."}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "The Hub repository to push to (e.g. 'user/smollm2-token-adapter')."}
+    )
+    hub_private_repo: bool | None = field(
+        default=None,
+        metadata={"help": "Make the Hub repository private when it is created. None: the Hub's default."},
+    )
+    plot: bool = field(
+        default=True,
+        metadata={"help": "Write PNG plots of the action probabilities and rewards to output_dir/plots."},
+    )
+    beta: float | None = renamed_field("entropy_coef", "the entropy bonus; in TRL, beta is the KL coefficient")
+    max_new_tokens: int | None = renamed_field("max_completion_length", "TRL's name for the largest completion")
+    scale_advantages: bool | None = renamed_field(
+        "scale_rewards", "TRL's name; scale_advantages=true is scale_rewards='batch'"
+    )
 
     def __post_init__(self):
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
+        self._check_renamed_and_trackers()
         if self.token_budgets is None:
-            self.token_budgets = [self.max_new_tokens]
-        positive_ints = ("max_steps", "per_device_train_batch_size", "num_generations", "max_new_tokens")
+            self.token_budgets = [self.max_completion_length]
+        if str(self.scale_rewards).lower() in ("true", "false"):  # as TRL's: a bool from a YAML file or the CLI
+            self.scale_rewards = "group" if str(self.scale_rewards).lower() == "true" else "none"
+        positive_ints = ("max_steps", "per_device_train_batch_size", "num_generations", "max_completion_length")
         for name in positive_ints + ("save_steps", "logging_steps", "per_device_eval_batch_size"):
-            _check(
-                name, getattr(self, name), isinstance(getattr(self, name), int) and getattr(self, name) >= 1, ">= 1"
-            )
+            self._check_int(name, 1)
         for name in ("eval_steps", "eval_num_examples", "save_total_limit"):
-            value = getattr(self, name)
-            _check(name, value, value is None or (isinstance(value, int) and value >= 1), "None or an int >= 1")
-        _check("learning_rate", self.learning_rate, self.learning_rate > 0, "> 0")
-        _check("lr_decay", self.lr_decay, 0 < self.lr_decay <= 1, "in (0, 1]")
-        _check("beta", self.beta, self.beta >= 0, ">= 0")
-        _check("baseline", self.baseline, self.baseline in BASELINES, f"one of {BASELINES}")
-        _check("baseline_momentum", self.baseline_momentum, 0 <= self.baseline_momentum < 1, "in [0, 1)")
-        _check("cot_ratio", self.cot_ratio, 0 <= self.cot_ratio <= 1, "in [0, 1]")
+            self._check_int(name, 1, optional=True)
+        self._check("learning_rate", self.learning_rate > 0, "> 0")
+        self._check("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]")
+        self._check("entropy_coef", self.entropy_coef >= 0, ">= 0")
+        self._check("baseline", self.baseline in BASELINES, f"one of {BASELINES}")
+        self._check("baseline_momentum", 0 <= self.baseline_momentum < 1, "in [0, 1)")
+        self._check("scale_rewards", self.scale_rewards in SCALE_REWARDS, f"one of {SCALE_REWARDS}")
+        group_ok = self.scale_rewards != "group" or self.num_generations >= 2
+        self._check("scale_rewards", group_ok, "'none' or 'batch' with num_generations=1 (a group of one)")
+        self._check("cot_ratio", 0 <= self.cot_ratio <= 1, "in [0, 1]")
         threshold = self.max_prob_threshold
-        _check("max_prob_threshold", threshold, threshold is None or 0 < threshold <= 1, "None or in (0, 1]")
+        self._check("max_prob_threshold", threshold is None or 0 < threshold <= 1, "None or in (0, 1]")
         for name in ("token_budgets", "parallel_budgets"):
             budgets = getattr(self, name)
-            _check(
-                name,
-                budgets,
-                isinstance(budgets, list) and budgets and all(isinstance(b, int) and b >= 1 for b in budgets),
-                "a non-empty list of ints >= 1",
-            )
-        _check(
+            valid = isinstance(budgets, list) and budgets and all(isinstance(b, int) and b >= 1 for b in budgets)
+            self._check(name, valid, "a non-empty list of ints >= 1")
+        self._check(
             "token_budgets",
-            self.token_budgets,
-            max(self.token_budgets) <= self.max_new_tokens,
-            f"at most max_new_tokens={self.max_new_tokens}",
+            max(self.token_budgets) <= self.max_completion_length,
+            f"at most max_completion_length={self.max_completion_length}",
         )
         _ = self.pass_k  # validates reward_aggregation
-        _check("mixed_precision", self.mixed_precision, self.mixed_precision in ("no", "bf16", "fp16"), "no|bf16|fp16")
-        unknown = [name for name in self.report_to if name not in REPORT_TO]
-        _check("report_to", self.report_to, not unknown, f"a list of {REPORT_TO}")
+        self._check("mixed_precision", self.mixed_precision in ("no", "bf16", "fp16"), "no|bf16|fp16")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub=True needs hub_model_id (e.g. 'user/smollm2-token-adapter').")
 
@@ -164,19 +284,7 @@ class AdapterTrainerConfig:
         if self.reward_aggregation in ("mean", "best_of_b"):
             return None
         match = re.fullmatch(r"pass@([1-9]\d*)", str(self.reward_aggregation))
-        _check("reward_aggregation", self.reward_aggregation, match, "'mean', 'best_of_b' or 'pass@k' (k >= 1)")
+        self._check("reward_aggregation", match, "'mean', 'best_of_b' or 'pass@k' (k >= 1)")
         k = int(match.group(1))
-        _check("reward_aggregation", self.reward_aggregation, k <= min(self.parallel_budgets), "k <= min(B)")
+        self._check("reward_aggregation", k <= min(self.parallel_budgets), "k <= min(B)")
         return k
-
-    @property
-    def trackers(self) -> list[str]:
-        return [name for name in self.report_to if name != "none"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _check(name: str, value: Any, ok: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"AdapterTrainerConfig.{name} must be {allowed}, got {value!r}.")

@@ -73,19 +73,19 @@ def policy_loss(
     batch: RolloutBatch,
     decision_advantages: torch.Tensor,
     decision_weights: torch.Tensor,
-    beta: float,
+    entropy_coef: float,
     normalizer: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """
-    REINFORCE with an entropy bonus, `-(sum_d w_d A_d log pi(a_d | x_d) + beta sum_d w_d H(pi(. | x_d))) / sum_d w_d`,
-    over the batch's decisions `d`, recomputed with gradients from the recorded features.
+    REINFORCE with an entropy bonus, `-(sum_d w_d A_d log pi(a_d | x_d) + entropy_coef sum_d w_d H(pi(. | x_d))) /
+    sum_d w_d`, over the batch's decisions `d`, recomputed with gradients from the recorded features.
 
     Args:
         adapter: the adapter (or its distributed wrapper) to differentiate.
         batch ([`RolloutBatch`]): the rollouts.
         decision_advantages (`torch.Tensor` of shape `(decisions,)`): the advantage each decision is credited with.
         decision_weights (`torch.Tensor` of shape `(decisions,)`): 1 for decisions in the loss, 0 for masked ones.
-        beta (`float`): the entropy coefficient.
+        entropy_coef (`float`): the entropy bonus's coefficient (TRL's `entropy_coef`).
         normalizer (`torch.Tensor` or `float`, *optional*): what to divide by instead of this batch's `sum_d w_d`.
             With data parallelism, pass `(sum of w_d over all processes) / num_processes`: the averaged gradient is
             then that of the whole step's mean, however the kept decisions fall across processes.
@@ -97,7 +97,7 @@ def policy_loss(
     total = (decision_weights.sum() if normalizer is None else torch.as_tensor(normalizer)).clamp(min=1e-8)
     pg_loss = -(decision_weights * decision_advantages * chosen).sum() / total
     mean_entropy = (decision_weights * entropy).sum() / total
-    return pg_loss - beta * mean_entropy, {"pg_loss": pg_loss.detach(), "entropy": mean_entropy.detach()}
+    return pg_loss - entropy_coef * mean_entropy, {"pg_loss": pg_loss.detach(), "entropy": mean_entropy.detach()}
 
 
 def decision_weights_and_advantages(

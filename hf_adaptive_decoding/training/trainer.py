@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapters.modeling import DecodingAdapterModel
 from ..evaluation.runner import rollout_and_score
 from ..generation.policies import ConstantPolicy
 from ..generation.rollout import RolloutBatch
-from . import checkpointing, reporting
+from . import reporting
+from .base import BaseAdapterTrainer
 from .config import AdapterTrainerConfig
 from .objectives import advantages, aggregate_rewards, decision_weights_and_advantages, policy_loss
 
@@ -30,24 +27,26 @@ logger = logging.getLogger(__name__)
 
 RewardFunc = Callable[..., list]
 # Settings that may differ when a run is resumed without changing what it computes until its old end.
-RESUMABLE_CHANGES = {
-    "max_steps",
-    "output_dir",
-    "save_steps",
-    "save_total_limit",
-    "logging_steps",
-    "report_to",
-    "run_name",
-    "disable_tqdm",
-    "plot",
-    "push_to_hub",
-    "hub_model_id",
-    "hub_private_repo",
-    "overwrite_output_dir",
-}
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_steps",
+        "output_dir",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "report_to",
+        "run_name",
+        "disable_tqdm",
+        "plot",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private_repo",
+        "overwrite_output_dir",
+    }
+)
 
 
-class AdapterTrainer:
+class AdapterTrainer(BaseAdapterTrainer):
     """
     Trains a decoding adapter with REINFORCE on verifiable rewards; the language model stays frozen.
 
@@ -55,8 +54,8 @@ class AdapterTrainer:
     adapter choosing the decoding actions (token level: one per generated token, from `[h_t; b_t]`; sequence level:
     one per prompt and draw, from `[e; B]`, shared by its `B` samples). Rewards come from `reward_funcs`; the
     advantages `reward - baseline` are computed over the whole step (all processes), and the adapter is updated on
-    the gradient of `-(A log pi(a | x) + beta H(pi(. | x)))` averaged over its decisions, gradients synchronised by
-    Accelerate.
+    the gradient of `-(A log pi(a | x) + entropy_coef H(pi(. | x)))` averaged over its decisions, gradients
+    synchronised by Accelerate.
 
     The paper's two stabilisations (Section 2.3) are `max_prob_threshold`, which leaves out of the loss the token
     steps where the language model's next-token max probability exceeds it (the action barely matters there), and
@@ -78,6 +77,10 @@ class AdapterTrainer:
             template); loaded from the model's name when not given.
     """
 
+    progress_description = "Training adapter"
+    resumed_state = ("global_step", "moving_average", "log_history")
+    resumable_changes = RESUMABLE_CHANGES
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -88,7 +91,7 @@ class AdapterTrainer:
         eval_dataset: Dataset | None = None,
         processing_class: PreTrainedTokenizerBase | None = None,
     ):
-        self.args = args = args if args is not None else AdapterTrainerConfig()
+        args = args if args is not None else AdapterTrainerConfig()
         if not isinstance(model, PreTrainedModel):
             raise ValueError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
         if not isinstance(adapter, DecodingAdapterModel):
@@ -112,9 +115,7 @@ class AdapterTrainer:
         if args.filter_prompts and args.num_generations < 2:
             logger.warning("filter_prompts needs num_generations >= 2 to compare a prompt's rollouts; it is off.")
 
-        self.accelerator = Accelerator(
-            mixed_precision=args.mixed_precision, log_with=args.trackers or None, project_dir=args.output_dir
-        )
+        super().__init__(args, mixed_precision=args.mixed_precision)
         set_seed(args.seed, device_specific=True)
         self.model = model.to(self.accelerator.device).eval().requires_grad_(False)
         optimizer = torch.optim.Adam(
@@ -128,24 +129,19 @@ class AdapterTrainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
         self.adapter, self.optimizer = self.accelerator.prepare(adapter.to(self.accelerator.device), optimizer)
         self.accelerator.register_for_checkpointing(self.scheduler)
-        self.state: dict[str, Any] = {"global_step": 0, "moving_average": None, "log_history": []}
-        self.output_dir = Path(args.output_dir)
+        self.state["moving_average"] = None
         self._epoch_order: tuple[int, list[int]] = (-1, [])
         self._last_eval: dict[str, Any] | None = None
-        if max(args.token_budgets) < args.max_new_tokens and adapter.level == "token":
+        if max(args.token_budgets) < args.max_completion_length and adapter.level == "token":
             logger.warning(
                 "token_budgets=%s: token-level training never uses more than %d new tokens, although "
-                "max_new_tokens=%d (validation uses max_new_tokens).",
+                "max_completion_length=%d (validation uses max_completion_length).",
                 args.token_budgets,
                 max(args.token_budgets),
-                args.max_new_tokens,
+                args.max_completion_length,
             )
 
     # ----------------------------------------------------------------------------------------------- data
-
-    @property
-    def unwrapped_adapter(self) -> DecodingAdapterModel:
-        return self.accelerator.unwrap_model(self.adapter)
 
     def _train_indices(self, step: int) -> list[int]:
         """This process's prompts for `step`: a fresh seeded permutation of the dataset per epoch, split by rank."""
@@ -213,9 +209,8 @@ class AdapterTrainer:
         else:
             parallel = [draw.choice(args.parallel_budgets) for _ in rows]
             repeat = lambda values: [value for value in values for _ in range(generations)]  # noqa: E731
-            batch, rewards, per_func = self._rollout(
-                repeat(rows), repeat(cot), repeat(parallel), [args.max_new_tokens] * len(rows) * generations, False
-            )
+            budgets = [args.max_completion_length] * len(rows) * generations
+            batch, rewards, per_func = self._rollout(repeat(rows), repeat(cot), repeat(parallel), budgets, False)
             unit_rewards = aggregate_rewards(
                 rewards, batch.input_index, len(rows) * generations, args.reward_aggregation, args.pass_k
             )
@@ -231,11 +226,14 @@ class AdapterTrainer:
         all_rewards = accelerator.gather(unit_rewards)
         all_prompts = accelerator.gather(unit_prompt + offset)
         all_advantages = advantages(all_rewards, all_prompts, args.baseline, self.state["moving_average"])
-        if args.scale_advantages:
+        grouped = all_rewards.view(-1, args.num_generations)
+        if args.scale_rewards == "batch":
             all_advantages = all_advantages / (all_rewards.std(unbiased=False) + 1e-4)
+        elif args.scale_rewards == "group":
+            group_std = grouped.std(dim=-1, unbiased=False).repeat_interleave(args.num_generations)
+            all_advantages = all_advantages / (group_std + 1e-4)
         keep = torch.ones_like(all_rewards, dtype=torch.bool)
         if args.filter_prompts and args.num_generations >= 2:
-            grouped = all_rewards.view(-1, args.num_generations)
             keep = (grouped.amax(-1) > grouped.amin(-1)).repeat_interleave(args.num_generations)
         mean = float(all_rewards.mean())
         previous = self.state["moving_average"]
@@ -255,7 +253,7 @@ class AdapterTrainer:
         self.adapter.train(not args.disable_dropout)
         normalizer = self.accelerator.reduce(weight.sum(), "sum") / self.accelerator.num_processes
         with self.accelerator.autocast():
-            loss, parts = policy_loss(self.adapter, batch, advantage, weight, args.beta, normalizer)
+            loss, parts = policy_loss(self.adapter, batch, advantage, weight, args.entropy_coef, normalizer)
         self.accelerator.backward(loss)
         grad_norm = self.accelerator.clip_grad_norm_(self.adapter.parameters(), args.max_grad_norm)
         self.optimizer.step()
@@ -265,126 +263,52 @@ class AdapterTrainer:
 
     # ----------------------------------------------------------------------------------------------- loop
 
-    def train(self, resume_from_checkpoint: bool | str | os.PathLike | None = None) -> dict[str, Any]:
-        """
-        Train for `max_steps` updates, validating every `eval_steps` and checkpointing every `save_steps`.
-
-        Args:
-            resume_from_checkpoint (`bool` or `str`, *optional*): `True` resumes from the newest complete checkpoint
-                in `output_dir`, a path from that checkpoint; the run then continues exactly as if uninterrupted.
-
-        Returns:
-            `dict`: the final metrics (the last logged training metrics and validation results).
-        """
+    def _training_step(self, step: int) -> dict[str, float]:
+        """Roll out this process's prompts of step `step` (counted from 1), update the adapter, and return the
+        step's metrics over all processes."""
         args, accelerator = self.args, self.accelerator
-        self._prepare_output_dir(resume_from_checkpoint)
-        if args.trackers:
-            # Trackers' hyperparameter tables take scalars only (tensorboard refuses lists and None).
-            config = {
-                key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-                for key, value in args.to_dict().items()
-            }
-            accelerator.init_trackers(args.run_name or "hf_adaptive_decoding", config=config)
-        writer = reporting.MetricsWriter(self.output_dir, enabled=accelerator.is_main_process)
-        progress = tqdm(
-            total=args.max_steps,
-            initial=self.state["global_step"],
-            desc="Training adapter",
-            disable=args.disable_tqdm or not accelerator.is_local_main_process,
+        start = time.perf_counter()
+        batch, rewards, per_func, unit_rewards, unit_prompt, cot = self._training_rollout(step - 1)
+        rollout_time = time.perf_counter() - start
+        unit_advantages, unit_keep, all_unit_rewards, all_keep = self._advantages(unit_rewards, unit_prompt)
+        loss, parts, weight, grad_norm = self._update(batch, unit_advantages, unit_keep)
+        update_time = time.perf_counter() - start - rollout_time
+        metrics = reporting.step_metrics(
+            accelerator,
+            self.unwrapped_adapter,
+            batch,
+            rewards,
+            per_func,
+            weight,
+            self.reward_funcs,
+            cot,
+            rollout_time=rollout_time,
+            update_time=update_time,
+            max_prob_threshold=args.max_prob_threshold,
         )
-        while self.state["global_step"] < args.max_steps:
-            step = self.state["global_step"]
-            start = time.perf_counter()
-            batch, rewards, per_func, unit_rewards, unit_prompt, cot = self._training_rollout(step)
-            rollout_time = time.perf_counter() - start
-            unit_advantages, unit_keep, all_unit_rewards, all_keep = self._advantages(unit_rewards, unit_prompt)
-            loss, parts, weight, grad_norm = self._update(batch, unit_advantages, unit_keep)
-            update_time = time.perf_counter() - start - rollout_time
-            self.state["global_step"] = step = step + 1
-            metrics = reporting.step_metrics(
-                accelerator,
-                self.unwrapped_adapter,
-                batch,
-                rewards,
-                per_func,
-                weight,
-                self.reward_funcs,
-                cot,
-                rollout_time=rollout_time,
-                update_time=update_time,
-                max_prob_threshold=args.max_prob_threshold,
-            )
-            metrics.update(
-                loss=float(accelerator.reduce(loss, "mean")),
-                entropy=float(accelerator.reduce(parts["entropy"], "mean")),
-                grad_norm=float(grad_norm),
-                learning_rate=self.scheduler.get_last_lr()[0],
-                reward_aggregated=float(all_unit_rewards.mean()),
-                reward_std=float(all_unit_rewards.std()) if len(all_unit_rewards) > 1 else 0.0,
-                filter_fraction=float(1 - all_keep.float().mean()),
-                epoch=step * args.per_device_train_batch_size * accelerator.num_processes / len(self.train_dataset),
-            )
-            progress.update(1)
-            progress.set_postfix(reward=f"{metrics['reward']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
-            if step % args.logging_steps == 0 or step == args.max_steps:
-                self._log(writer, {"step": step, **metrics})
-            if (
-                self.eval_dataset is not None
-                and args.eval_steps
-                and (step % args.eval_steps == 0 or step == args.max_steps)
-            ):
-                self._last_eval = {"step": step, **self.evaluate()}
-                self._log(writer, self._last_eval)
-            if step % args.save_steps == 0 or step == args.max_steps:
-                checkpointing.save_and_rotate(accelerator, self.output_dir, step, self.state, args.save_total_limit)
-        progress.close()
-        self._finish()
-        accelerator.end_training()
-        return {key: value for entry in self.state["log_history"] for key, value in entry.items()}
+        metrics.update(
+            loss=float(accelerator.reduce(loss, "mean")),
+            entropy=float(accelerator.reduce(parts["entropy"], "mean")),
+            grad_norm=float(grad_norm),
+            learning_rate=self.scheduler.get_last_lr()[0],
+            reward_aggregated=float(all_unit_rewards.mean()),
+            reward_std=float(all_unit_rewards.std()) if len(all_unit_rewards) > 1 else 0.0,
+            filter_fraction=float(1 - all_keep.float().mean()),
+            epoch=step * args.per_device_train_batch_size * accelerator.num_processes / len(self.train_dataset),
+        )
+        return metrics
 
-    def _prepare_output_dir(self, resume_from_checkpoint: bool | str | os.PathLike | None) -> None:
-        """Resume (dropping whatever a previous attempt wrote after the checkpoint), or start in a fresh folder."""
-        args, accelerator = self.args, self.accelerator
-        self.state["config"], self.state["num_processes"] = args.to_dict(), accelerator.num_processes
-        if resume_from_checkpoint:
-            checkpoint = checkpointing.resolve_checkpoint(self.output_dir, resume_from_checkpoint)
-            saved = checkpointing.load_checkpoint(accelerator, checkpoint)
-            changed = sorted(
-                key
-                for key, value in saved.get("config", {}).items()
-                if key not in RESUMABLE_CHANGES and self.state["config"].get(key) != value
-            )
-            if changed or saved.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
-                logger.warning(
-                    "Resuming %s with other settings than it was saved with (%s; processes %s -> %d): the run will "
-                    "not continue as it would have uninterrupted.",
-                    checkpoint,
-                    ", ".join(changed) or "none",
-                    saved.get("num_processes"),
-                    accelerator.num_processes,
-                )
-            self.state.update({key: saved[key] for key in ("global_step", "moving_average", "log_history")})
-            if accelerator.is_main_process:
-                checkpointing.discard_checkpoints_after(self.output_dir, self.state["global_step"])
-                reporting.MetricsWriter(self.output_dir).truncate(self.state["global_step"])
-            logger.info("Resumed from %s at step %d.", checkpoint, self.state["global_step"])
-        elif checkpointing.complete_checkpoints(self.output_dir) or (self.output_dir / "metrics.jsonl").exists():
-            if not args.overwrite_output_dir:
-                raise ValueError(
-                    f"output_dir {str(self.output_dir)!r} already holds a training run. Pass "
-                    "resume_from_checkpoint=True to continue it, overwrite_output_dir=True to start over there, or "
-                    "another output_dir."
-                )
-            if accelerator.is_main_process:
-                checkpointing.discard_checkpoints_after(self.output_dir, -1)
-                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
-        accelerator.wait_for_everyone()
+    def _progress_postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"reward": f"{metrics['reward']:.3f}", "tok_s": f"{metrics['tokens_per_second']:.0f}"}
 
-    def _log(self, writer: reporting.MetricsWriter, entry: dict[str, Any]) -> None:
-        self.state["log_history"].append(entry)
-        writer.write(entry)
-        if self.args.trackers:
-            self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
+    def _evaluate_during_training(self, step: int) -> None:
+        if self.eval_dataset is not None:
+            self._last_eval = {"step": step, **self.evaluate()}
+            self._log(self._last_eval)
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        """Log `entry`; redraw the plots after a validation and at the last step."""
+        super()._log(entry)
         redraw = "eval_reward" in entry or entry["step"] == self.args.max_steps
         if self.args.plot and redraw and self.accelerator.is_main_process:
             reporting.plot_training(self.state["log_history"], self.output_dir / "plots")
@@ -402,17 +326,17 @@ class AdapterTrainer:
 
     def _validate(self, policy, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Total reward and count over the validation rows of all processes, one sample each with the direct
-        instruction and budget `max_new_tokens` (sequence level: `B = 1`), through the training rollout loop. Each
-        problem's noise is keyed by `(seed, index)`, so every policy validated draws the same random numbers, and
-        the training RNG is left alone. Also the count of each action among the decisions."""
+        instruction and budget `max_completion_length` (sequence level: `B = 1`), through the training rollout loop.
+        Each problem's noise is keyed by `(seed, index)`, so every policy validated draws the same random numbers,
+        and the training RNG is left alone. Also the count of each action among the decisions."""
         rows, size = self._eval_rows(), self.args.per_device_eval_batch_size
         num_actions = len(policy.decoding_config.actions)
         totals = torch.zeros(2 + num_actions, device=self.accelerator.device)
         for start in range(0, len(rows), size):
             ids, chunk = zip(*rows[start : start + size], strict=True)
-            n = len(chunk)
+            n, budget = len(chunk), self.args.max_completion_length
             batch, rewards, _ = self._rollout(
-                list(chunk), [False] * n, [1] * n, [self.args.max_new_tokens] * n, deterministic, policy, list(ids)
+                list(chunk), [False] * n, [1] * n, [budget] * n, deterministic, policy, list(ids)
             )
             totals[0] += rewards.sum()
             totals[1] += len(rewards)
@@ -448,17 +372,20 @@ class AdapterTrainer:
             results[action.name] = float(totals[0] / totals[1].clamp(min=1))
         return results
 
-    def _finish(self) -> None:
-        """Save the final adapter with its model card next to the checkpoints; push it when asked."""
-        args, accelerator = self.args, self.accelerator
+    def _finish(self) -> dict[str, Any]:
+        """Save the final adapter with its model card next to the checkpoints and push it when asked; returns the
+        final metrics (the last logged value of each)."""
         evaluation = None
         if self.eval_dataset is not None:
             last = self._last_eval
             adapter_reward = last if last and last["step"] == self.state["global_step"] else self.evaluate()
             evaluation = {"adapter": adapter_reward["eval_reward"], "static": self.evaluate_static_actions()}
-        if not accelerator.is_main_process:
-            return
-        adapter = self.unwrapped_adapter
+        if self.accelerator.is_main_process:
+            self._save_final_adapter(evaluation)
+        return {key: value for entry in self.state["log_history"] for key, value in entry.items()}
+
+    def _save_final_adapter(self, evaluation: dict[str, Any] | None) -> None:
+        args, adapter = self.args, self.unwrapped_adapter
         adapter.save_pretrained(self.output_dir)
         card = reporting.adapter_model_card(
             adapter, args, self.train_dataset, self.reward_funcs, evaluation, self.state["log_history"]

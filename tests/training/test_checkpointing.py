@@ -63,3 +63,16 @@ def test_rotation_keeps_the_newest(tmp_path):
         (tmp_path / f"checkpoint-{step}" / checkpointing.COMPLETE_MARKER).write_text("{}")
     checkpointing.rotate_checkpoints(tmp_path, 2)
     assert [p.name for p in checkpointing.complete_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-10"]
+
+
+def test_a_recipes_resume_argument(tmp_path):
+    run = tmp_path / "run"
+    assert checkpointing.parse_resume_argument("auto", run) == (None, True)  # nothing to resume: start over
+    assert checkpointing.parse_resume_argument(None, run) == (None, None)
+    assert checkpointing.parse_resume_argument("False", run) == (None, None)
+    assert checkpointing.parse_resume_argument("latest", run) == (True, None)
+    assert checkpointing.parse_resume_argument(str(run / "checkpoint-3"), run) == (str(run / "checkpoint-3"), None)
+    (run / "checkpoint-3").mkdir(parents=True)
+    assert checkpointing.parse_resume_argument("auto", run) == (None, True)  # not complete: it does not count
+    (run / "checkpoint-3" / checkpointing.COMPLETE_MARKER).write_text("{}")
+    assert checkpointing.parse_resume_argument("auto", run) == (True, False)

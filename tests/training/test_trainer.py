@@ -12,8 +12,8 @@ from hf_adaptive_decoding import (
     AutoDecodingAdapter,
     DecodingAction,
 )
-from hf_adaptive_decoding.rewards.scoring import RewardFunctionError
 from hf_adaptive_decoding.data.prompting import encode_prompts
+from hf_adaptive_decoding.rewards.scoring import RewardFunctionError
 from hf_adaptive_decoding.training import checkpointing
 from tests.conftest import make_char_tokenizer, make_tiny_model
 
@@ -42,7 +42,7 @@ def make_trainer(tmp_path, level="token", reward_funcs=starts_with_digit, model=
         max_steps=4,
         per_device_train_batch_size=4,
         num_generations=2,
-        max_new_tokens=6,
+        max_completion_length=6,
         token_budgets=[4, 6],
         parallel_budgets=[1, 2],
         eval_steps=2,
@@ -108,13 +108,8 @@ def test_policy_moves_towards_the_rewarded_action(tmp_path):
     greedy = {}
 
     def matches_greedy(prompts, completions, **kwargs):
-        for prompt in set(prompts) - set(greedy):
-            encoded = tokenizer.apply_chat_template(
-                [[{"role": "user", "content": f"{prompt}\n{AdapterTrainerConfig.instruction}"}]],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-            )
+        for prompt in set(prompts) - set(greedy):  # a string prompt is text, as the trainer encodes it
+            encoded = encode_prompts(tokenizer, [prompt], [AdapterTrainerConfig.instruction])
             out = model.generate(**encoded, do_sample=False, max_new_tokens=6)
             greedy[prompt] = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         return [float(c == greedy[p]) for p, c in zip(prompts, completions, strict=True)]
@@ -195,7 +190,7 @@ def test_reward_function_errors_name_the_function(tmp_path):
     [
         ("baseline", "median", "baseline must be one of"),
         ("reward_aggregation", "pass@9", "k <= min"),
-        ("token_budgets", [100], "at most max_new_tokens"),
+        ("token_budgets", [100], "at most max_completion_length"),
         ("max_prob_threshold", 1.5, "max_prob_threshold"),
         ("report_to", ["nonsense"], "report_to"),
     ],
@@ -232,7 +227,7 @@ def test_a_short_run_on_the_default_model(default_model, tmp_path):
         max_steps=2,
         per_device_train_batch_size=2,
         num_generations=2,
-        max_new_tokens=16,
+        max_completion_length=16,
         eval_steps=2,
         eval_num_examples=4,
         disable_tqdm=True,

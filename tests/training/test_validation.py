@@ -14,7 +14,7 @@ def _recording_trainer(tmp_path, level):
         seen.append([str(completion) for completion in completions])
         return [float(len(str(completion)) % 3 == 0) for completion in completions]
 
-    trainer = make_trainer(tmp_path, level=level, reward_funcs=records, eval_num_examples=8, max_new_tokens=12)
+    trainer = make_trainer(tmp_path, level=level, reward_funcs=records, eval_num_examples=8, max_completion_length=12)
     return trainer, seen
 
 
