@@ -58,55 +58,68 @@ def step_metrics(
 ) -> dict[str, float]:
     """The step's metrics, summed over all processes' prompts and samples (names follow TRL's where it has one)."""
     actions = adapter.decoding_config.action_names
-    num_actions, num_funcs = len(actions), per_func.shape[1]
     token_level = adapter.level == "token"
     finite = ~per_func.isnan()
-    sums = torch.cat(
-        [
-            torch.tensor(
-                [
-                    float(rewards.sum()),
-                    len(rewards),
-                    batch.num_tokens,
-                    len(batch.actions),
-                    float(weights.sum()),
-                    float((batch.max_probs > max_prob_threshold).sum()) if token_level and max_prob_threshold else 0.0,
-                    len(cot),
-                    sum(cot),
-                ],
-                device=rewards.device,
-            ),
-            batch.action_probs.float().sum(0),
-            torch.bincount(batch.actions, minlength=num_actions).float(),
-            torch.where(finite, per_func, 0.0).sum(0),
-            finite.float().sum(0),
-        ]
+    device = rewards.device
+    masked = float((batch.max_probs > max_prob_threshold).sum()) if token_level and max_prob_threshold else 0.0
+    counts = {
+        "reward": float(rewards.sum()),
+        "samples": len(rewards),
+        "tokens": batch.num_tokens,
+        "decisions": len(batch.actions),
+        "in_loss": float(weights.sum()),
+        "masked": masked,
+        "prompts": len(cot),
+        "cot_prompts": sum(cot),
+    }
+    sums = reduce_by_name(
+        accelerator,
+        {
+            **{name: torch.tensor([float(value)], device=device) for name, value in counts.items()},
+            "action_probs": batch.action_probs.float().sum(0),
+            "action_counts": torch.bincount(batch.actions, minlength=len(actions)).float(),
+            "func_sums": torch.where(finite, per_func, 0.0).sum(0),
+            "func_counts": finite.float().sum(0),
+        },
     )
-    sums = accelerator.reduce(sums, "sum")
-    slowest = accelerator.reduce(torch.tensor([rollout_time, update_time], device=rewards.device), "max")
-    reward_sum, samples, tokens, decisions, in_loss, _, prompts, cot_prompts = sums[:8].tolist()
-    probs = sums[8 : 8 + num_actions] / decisions
-    shares = sums[8 + num_actions : 8 + 2 * num_actions] / decisions
-    func_sums = sums[8 + 2 * num_actions : 8 + 2 * num_actions + num_funcs]
-    func_counts = sums[8 + 2 * num_actions + num_funcs :]
+    slowest = reduce_by_name(
+        accelerator,
+        {"rollout": torch.tensor([rollout_time], device=device), "update": torch.tensor([update_time])},
+        "max",
+    )
+    total = {name: float(sums[name]) for name in counts}
+    samples, decisions = total["samples"], total["decisions"]
     metrics = {
-        "reward": reward_sum / samples,
-        "num_prompts": int(prompts),
+        "reward": total["reward"] / samples,
+        "num_prompts": int(total["prompts"]),
         "num_samples": int(samples),
-        "completion_length": tokens / samples,
-        "tokens_per_second": tokens / max(float(slowest[0]), 1e-9),
-        "decisions_in_loss": int(in_loss),
-        "cot_fraction": cot_prompts / max(prompts, 1),
-        "time/rollout": float(slowest[0]),
-        "time/update": float(slowest[1]),
+        "completion_length": total["tokens"] / samples,
+        "tokens_per_second": total["tokens"] / max(float(slowest["rollout"]), 1e-9),
+        "decisions_in_loss": int(total["in_loss"]),
+        "cot_fraction": total["cot_prompts"] / max(total["prompts"], 1),
+        "time/rollout": float(slowest["rollout"]),
+        "time/update": float(slowest["update"]),
     }
     if token_level and max_prob_threshold:
-        metrics["masked_fraction"] = float(sums[5]) / decisions
-    for func, total, count in zip(reward_funcs, func_sums.tolist(), func_counts.tolist(), strict=True):
-        metrics[f"rewards/{_name(func)}/mean"] = total / count if count else math.nan
+        metrics["masked_fraction"] = total["masked"] / decisions
+    for func, func_sum, func_count in zip(
+        reward_funcs, sums["func_sums"].tolist(), sums["func_counts"].tolist(), strict=True
+    ):
+        metrics[f"rewards/{_name(func)}/mean"] = func_sum / func_count if func_count else math.nan
+    probs, shares = sums["action_probs"] / decisions, sums["action_counts"] / decisions
     metrics.update({f"action_probs/{name}": float(p) for name, p in zip(actions, probs, strict=True)})
     metrics.update({f"action_share/{name}": float(s) for name, s in zip(actions, shares, strict=True)})
     return metrics
+
+
+def reduce_by_name(
+    accelerator: Accelerator, parts: dict[str, torch.Tensor], reduction: str = "sum"
+) -> dict[str, torch.Tensor]:
+    """Reduce named 1-D tensors over all processes in one collective, and give them back by name."""
+    device = next(iter(parts.values())).device
+    flat = torch.cat([part.reshape(-1).float().to(device) for part in parts.values()])
+    reduced = accelerator.reduce(flat, reduction).split([part.numel() for part in parts.values()])
+    return dict(zip(parts, reduced, strict=True))
 
 
 def pyplot():
