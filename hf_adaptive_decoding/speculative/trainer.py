@@ -35,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+
+def _seed_step(seed: int, step: int, rank: int, warm_start: bool = False) -> None:
+    """Seed one step's replay from (seed, step, process) alone, so a resumed run draws what an uninterrupted one
+    draws; warm-start steps take the negative side, so they never share a seed with an RL step."""
+    offset = step * 1_009 + rank
+    torch.manual_seed(seed * 1_000_003 + (-offset if warm_start else offset))
+
 class DraftTrainerConfig(BaseTrainerConfig):
     """
     Configuration of [`DraftTrainer`]. Field names follow TRL's `GRPOConfig` (and transformers' `TrainingArguments`)
@@ -307,7 +314,7 @@ class DraftTrainer(BaseAdapterTrainer):
         start = time.perf_counter()
         draw = random.Random(f"{args.seed}:{step}:{accelerator.process_index}")
         traces = [draw.choice(self.train_traces) for _ in range(args.per_device_train_batch_size)]
-        torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + accelerator.process_index)
+        _seed_step(args.seed, step, accelerator.process_index)
         result = simulate_drafting(self.unwrapped_adapter, traces, self.cost_model, rollouts=args.num_generations)
         speedup = result.speedup.view(len(traces), args.num_generations).to(accelerator.device)
         hidden = result.hidden.to(accelerator.device) if args.use_hidden_state else None
@@ -372,7 +379,7 @@ class DraftTrainer(BaseAdapterTrainer):
         for step in progress:
             draw = random.Random(f"{args.seed}:warm:{step}:{accelerator.process_index}")
             traces = [draw.choice(self.train_traces) for _ in range(args.per_device_train_batch_size)]
-            torch.manual_seed(args.seed * 1_000_003 - step * 1_009 - accelerator.process_index)
+            _seed_step(args.seed, step, accelerator.process_index, warm_start=True)
             result = simulate_drafting(self.unwrapped_adapter, traces, self.cost_model)
             features = result.features.to(accelerator.device)
             hidden = result.hidden.to(accelerator.device) if args.use_hidden_state else None
