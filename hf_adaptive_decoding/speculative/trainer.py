@@ -34,14 +34,14 @@ from .simulation import (
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-
 def _seed_step(seed: int, step: int, rank: int, warm_start: bool = False) -> None:
     """Seed one step's replay from (seed, step, process) alone, so a resumed run draws what an uninterrupted one
     draws; warm-start steps take the negative side, so they never share a seed with an RL step."""
     offset = step * 1_009 + rank
     torch.manual_seed(seed * 1_000_003 + (-offset if warm_start else offset))
 
+
+@dataclass
 class DraftTrainerConfig(BaseTrainerConfig):
     """
     Configuration of [`DraftTrainer`]. Field names follow TRL's `GRPOConfig` (and transformers' `TrainingArguments`)
