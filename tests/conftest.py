@@ -124,3 +124,11 @@ def make_char_tokenizer():
 @pytest.fixture
 def char_tokenizer():
     return make_char_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def grad_mode_is_left_as_found():
+    """A test that leaves autograd off (a no_grad context never exited) fails itself, not a later training test."""
+    enabled = torch.is_grad_enabled()
+    yield
+    assert torch.is_grad_enabled() == enabled, "this test left torch's grad mode changed"

@@ -8,6 +8,7 @@ decide through [`DecisionStep`]; they differ only in who draws the token afterwa
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
 import torch
@@ -55,11 +56,15 @@ class DecisionStep:
         self.policy = policy
         self.deterministic = deterministic
         self.transform = ActionTransform(policy.decoding_config.actions)
+        # A policy written before keyed noise (`select_actions(hidden_states, budget, deterministic)`) still works;
+        # it then draws its actions from torch's global generator itself.
+        self.takes_noise = "noise" in inspect.signature(policy.select_actions).parameters
 
-    def _noise(self, keys: torch.Tensor | None, position: int) -> torch.Tensor | None:
-        if self.deterministic or keys is None:
-            return None
-        return keyed_uniforms(keys, position, ACTION_STREAM)
+    def _select(self, features, budget, keys, position):
+        if not self.takes_noise:
+            return self.policy.select_actions(features, budget, self.deterministic)
+        noise = None if self.deterministic or keys is None else keyed_uniforms(keys, position, ACTION_STREAM)
+        return self.policy.select_actions(features, budget, self.deterministic, noise=noise)
 
     def token_context(
         self, hidden: torch.Tensor, scores: torch.Tensor, entropy: torch.Tensor | None = None
@@ -71,13 +76,13 @@ class DecisionStep:
         self, context: torch.Tensor, remaining: torch.Tensor, keys: torch.Tensor | None, position: int
     ) -> tuple[torch.LongTensor, torch.FloatTensor]:
         """Token level: each row's action from `[context; b_t]`, drawn from its own keyed noise at `position`."""
-        return self.policy.select_actions(context, remaining, self.deterministic, self._noise(keys, position))
+        return self._select(context, remaining, keys, position)
 
     def prompt_actions(
         self, prompt_features: torch.Tensor, parallel_budget: torch.Tensor, keys: torch.Tensor | None
     ) -> tuple[torch.LongTensor, torch.FloatTensor]:
         """Sequence level: one action per prompt from `[e; B]`, drawn from the prompt's keyed noise."""
-        return self.policy.select_actions(prompt_features, parallel_budget, self.deterministic, self._noise(keys, 0))
+        return self._select(prompt_features, parallel_budget, keys, 0)
 
     def apply(self, scores: torch.Tensor, actions: torch.LongTensor, step: int | None = None) -> torch.Tensor:
         """Each row's action applied to its next-token logits (greedy: only the argmax stays)."""

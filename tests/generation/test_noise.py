@@ -67,3 +67,11 @@ def test_the_generator_key_does_not_advance_torchs_generator():
 @pytest.mark.parametrize("bad", [torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0, 1.0]])])
 def test_sampling_a_single_row(bad):
     assert sample_from_probs(bad, torch.tensor([0.99], dtype=torch.float64)).tolist() == [bad.shape[1] - 1]
+
+
+@pytest.mark.parametrize(
+    "probs", [[[float("nan")] * 3, [0.2, 0.3, 0.5]], [[0.5, -0.1, 0.6]], [[0.0, 0.0]], [[float("inf"), 0.0]]]
+)
+def test_choose_actions_refuses_what_is_not_a_distribution(probs):
+    with pytest.raises(ValueError, match=r"row\(s\) \[0\] are not a distribution"):
+        choose_actions(torch.tensor(probs), noise=torch.full((len(probs),), 0.5, dtype=torch.float64))

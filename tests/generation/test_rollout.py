@@ -354,3 +354,31 @@ def test_sample_indices_choose_whose_noise_a_row_draws(llama):
         llama, policy, first, [3], [10], noise_keys=torch.tensor([4]), sample_indices=torch.zeros(3).long()
     )
     assert (shared.completion_ids == shared.completion_ids[:1]).all()
+
+
+def test_a_policy_without_the_noise_argument_still_decodes(llama):
+    """A custom policy written to the three-argument `select_actions` draws its actions itself."""
+    from hf_adaptive_decoding.generation.policies import ConstantPolicy
+
+    class OldPolicy(ConstantPolicy):
+        def select_actions(self, hidden_states, budget=None, deterministic=False):
+            return super().select_actions(hidden_states, budget, deterministic)
+
+    inputs = left_padded_batch()
+    old = _rollout(
+        llama,
+        OldPolicy.static(TOKEN_ACTIONS[1], level="token"),
+        inputs,
+        [2, 2, 2],
+        [6, 6, 6],
+        noise_keys=torch.tensor([1, 2, 3]),
+    )
+    new = _rollout(
+        llama,
+        ConstantPolicy.static(TOKEN_ACTIONS[1], level="token"),
+        inputs,
+        [2, 2, 2],
+        [6, 6, 6],
+        noise_keys=torch.tensor([1, 2, 3]),
+    )
+    assert torch.equal(old.completion_ids, new.completion_ids)
