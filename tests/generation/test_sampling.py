@@ -174,3 +174,110 @@ def test_half_precision_temperature_divides_like_transformers():
 def test_bad_action_lists_are_refused(actions):
     with pytest.raises(ValueError, match="non-empty list of DecodingAction"):
         ActionTransform(actions)
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bits, so that equality also tells -0.0 from 0.0 and compares NaN payloads."""
+    return tensor.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
+
+
+def masked_logits(rows=8, vocab=1000, seed=11) -> torch.Tensor:
+    scores = logits(rows=rows, vocab=vocab, seed=seed)
+    scores[1, ::3] = -float("inf")  # a logits processor's mask
+    scores[2, :] = 0.0  # a row of exact ties, with a negative zero first
+    scores[2, 0] = -0.0
+    return scores
+
+
+@pytest.fixture(params=[True, False], ids=["by-index", "by-mask"])
+def by_index(request, monkeypatch):
+    """Both ways of picking rows: by `nonzero` indices (CPU default) and by row masks (the sync-free default)."""
+    monkeypatch.setattr(ActionTransform, "by_index", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_greedy_and_temperature_sets_skip_the_window_and_match_the_general_path_bit_for_bit(dtype, by_index):
+    actions = ACTION_PRESETS["math-token"][1]()
+    fast = ActionTransform(actions)
+    general = ActionTransform(actions + [DecodingAction(top_k=50)])  # one truncating action: the windowed path
+    assert not fast.windowed and general.windowed
+    scores = masked_logits().to(dtype)
+    action_ids = torch.tensor([0, 0, 0, 1, 2, 3, 1, 0])
+    ours = fast(scores, action_ids)
+    assert ours.dtype == dtype
+    assert torch.equal(bits(ours), bits(general(scores, action_ids)))
+    for row, index in enumerate(action_ids.tolist()):
+        action = actions[index]
+        if action.do_sample:
+            expected = TemperatureLogitsWarper(action.temperature)(None, scores[row : row + 1])
+        else:
+            expected = transformers_reference(scores[row : row + 1], action)
+        assert torch.equal(bits(ours[row : row + 1]), bits(expected)), (row, action.name)
+
+
+def test_greedy_and_temperature_sets_never_sort(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("no window or sort for greedy and temperature rows")
+
+    monkeypatch.setattr(torch, "topk", refuse)
+    monkeypatch.setattr(torch, "sort", refuse)
+    ActionTransform(ACTION_PRESETS["math-token"][1]())(logits(rows=8), torch.arange(8) % 4)
+
+
+@pytest.mark.parametrize("vocab", [5, 256, 1000, 49152])
+def test_greedy_rows_keep_only_the_first_argmax(vocab, by_index):
+    transform = ActionTransform([DecodingAction(do_sample=False), DecodingAction(temperature=0.5)])
+    scores = logits(rows=6, vocab=vocab, seed=vocab)
+    top = scores.max() + 1.0
+    ties = [(0, [1, 2]), (1, [vocab // 3, vocab // 2, vocab - 1]), (2, [vocab - 1]), (3, [0, vocab - 1])]
+    for row, positions in ties:  # ties inside a chunk, across chunks, in the short last chunk
+        scores[row, positions] = top
+    scores[4, : vocab // 2] = -float("inf")
+    scores[5] = 0.0
+    scores[5, :2] = -0.0  # -0.0 == 0.0: the first of them is the argmax, and keeps its sign
+    before = scores.clone()
+    out = transform(scores, torch.zeros(6, dtype=torch.long))
+    assert torch.equal(bits(scores), bits(before))
+    assert torch.equal(kept(out), torch.ones(6, dtype=torch.long))
+    argmax = scores.argmax(dim=-1)
+    assert torch.equal(torch.isfinite(out).nonzero()[:, 1], argmax)
+    assert argmax[:4].tolist() == [positions[0] for _, positions in ties]
+    assert torch.equal(bits(out.gather(1, argmax[:, None])), bits(scores.gather(1, argmax[:, None])))
+    mixed = transform(scores, torch.tensor([0, 1, 0, 1, 0, 1]))  # the temperature rows are divided, not cut
+    assert torch.equal(mixed[1::2], TemperatureLogitsWarper(0.5)(None, scores[1::2]))
+    assert torch.equal(mixed[::2], out[::2])
+
+
+@pytest.mark.parametrize("preset", ["math-token", "mixed-seq"])
+def test_non_finite_rows_raise_from_the_transform(preset, by_index):
+    scores = logits(rows=4)
+    scores[1, 3] = float("nan")
+    with pytest.raises(NonFiniteLogitsError, match=r"row\(s\) \[1\] at generation step 5"):
+        ActionTransform(ACTION_PRESETS[preset][1]())(scores, torch.tensor([0, 1, 2, 3]), step=5)
+
+
+@pytest.mark.parametrize("gather_below", [1.0, -1.0], ids=["truncating-rows-gathered", "whole-batch-windowed"])
+def test_few_truncating_rows_are_windowed_on_their_own(gather_below, by_index, monkeypatch):
+    """Only the top-p rows go through the window (flat ones to the full sort); the others are divided or greedy."""
+    from hf_adaptive_decoding.generation import sampling
+
+    monkeypatch.setattr(sampling, "GATHER_BELOW", gather_below)
+    actions = [DecodingAction(temperature=0.5), DecodingAction(do_sample=False), DecodingAction(top_p=0.9)]
+    transform = ActionTransform(actions)
+    scores = logits(rows=8, vocab=4096, scale=4.0)
+    scores[[3, 6]] *= 0.01  # nearly uniform: their nucleus lies beyond the window
+    action_ids = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2])
+    before = scores.clone()
+    windowed_rows = []
+    real_truncate = ActionTransform._truncate
+    spy = lambda self, out, table, full_sort=False: (  # noqa: E731
+        windowed_rows.append(out.shape[0]) or real_truncate(self, out, table, full_sort)
+    )
+    monkeypatch.setattr(ActionTransform, "_truncate", spy)
+    out = transform(scores, action_ids)
+    assert torch.equal(scores, before)
+    gathered = by_index and gather_below > 0
+    assert windowed_rows == ([3, 2] if gathered else [8, 2])
+    for row, index in enumerate(action_ids.tolist()):
+        assert torch.equal(out[row : row + 1], transformers_reference(scores[row : row + 1], actions[index])), row
