@@ -52,7 +52,8 @@ def test_a_pinned_adapter_samples_what_transformers_samples_for_its_action(defau
 def test_a_pinned_adapter_evaluates_as_the_static_decoder(default_model):
     model, tokenizer = default_model
     questions = [f"What is {a} + {b}? Put the final answer in \\boxed{{}}." for a, b in [(12, 9), (31, 17), (8, 6)]]
-    dataset = Dataset.from_dict({"prompt": questions, "answer": ["21", "48", "14"]})
+    conversations = [[{"role": "user", "content": question}] for question in questions]
+    dataset = Dataset.from_dict({"prompt": conversations, "answer": ["21", "48", "14"]})
     seen: dict[int, list[str]] = {}
 
     def records(prompts, completions, **kwargs):
