@@ -1,6 +1,6 @@
 """Per-row action transform vs transformers' warper chain vs a per-row Python loop, on the default vocabulary.
 
-    python benchmarks/transform.py [--batch-sizes 32 256] [--repeats 20] [--logits real|gaussian]
+    python benchmarks/transform.py [--batch-sizes 32 256] [--repeats 20] [--logits real|gaussian] [--threads N]
 
 By default the logits are real next-token logits of the default model (SmolLM2-135M-Instruct) sampling answers
 to arithmetic questions at T=1; `--logits gaussian` uses i.i.d. N(0, 3^2) logits, far flatter than a real LM's.
@@ -85,9 +85,12 @@ def main():
     parser.add_argument("--presets", nargs="+", default=["math-token", "mixed-seq", "math-seq"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--logits", choices=["real", "gaussian"], default="real")
+    parser.add_argument("--threads", type=int, help="torch threads (on a busy machine, 1 gives steadier times)")
     args = parser.parse_args()
     torch.manual_seed(0)
     pool = real_logits(max(args.batch_sizes)) if args.logits == "real" else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, vocabulary {VOCAB}, {args.logits} logits")
     header = ["preset", "batch", "ours ms", "chain ms", "loop ms", "chain/ours", "loop/ours"]
     print(f"{header[0]:<11} " + " ".join(f"{h:>10}" for h in header[1:]))
