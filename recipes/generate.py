@@ -64,6 +64,7 @@ def load_prompts(args: GenerateArguments) -> list[str]:
     return prompts[: args.max_prompts] if args.max_prompts else prompts
 
 
+@torch.inference_mode()
 def main(args: GenerateArguments) -> None:
     set_seed(args.seed)
     prompts = load_prompts(args)
@@ -101,6 +102,5 @@ def main(args: GenerateArguments) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     (arguments,) = TrlParser((GenerateArguments,)).parse_args_and_config()
     main(arguments)
