@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -25,11 +24,11 @@ from ..adapters.shipped import resolve_adapter
 from ..generation.policies import ConstantPolicy, DecodingPolicy, EntropyDynamicTemperatureLogitsWarper
 from ..rewards.scoring import reward_function_name
 from ..training.objectives import pass_at_k
+from .comparison import half_width, set_reference
 from .runner import rollout_and_score
 
 # Outcomes cached by an older sampler are not reused: the same seed draws other numbers.
 SAMPLING = "keyed inverse-CDF per (seed, problem, sample, position)"
-Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
 @dataclass
@@ -59,6 +58,12 @@ class Decoder:
             and self.level == "sequence"
             and (self.policy.budget_feature is not None)
         )
+
+    @property
+    def uses_budget(self) -> bool:
+        """An adapter whose features include a budget: the parallel budget `B` (sequence level) or the remaining
+        tokens `b_t` (token level)."""
+        return isinstance(self.policy, DecodingAdapterModel) and self.policy.budget_feature is not None
 
     @property
     def samples_identical(self) -> bool:
@@ -344,9 +349,11 @@ def _pass_at_k_per_problem(rewards: list[list[float]], k: int, threshold: float)
 
 def _summarise(decoders, outcomes, settings, reference, threshold) -> dict[str, Any]:
     results = []
-    per_problem: dict[tuple, torch.Tensor] = {}
+    scores_per_problem: dict[str, dict[str, dict[str, list[float]]]] = {}
     for decoder in decoders:
+        scores_per_problem[decoder.name] = {}
         for budget in settings["token_budgets"]:
+            scores_per_problem[decoder.name][str(budget)] = {}
             for k in settings["ks"]:
                 parallel = k if decoder.budget_aware else None
                 scores = torch.stack(
@@ -357,25 +364,17 @@ def _summarise(decoders, outcomes, settings, reference, threshold) -> dict[str, 
                         for seed in settings["seeds"]
                     ]
                 )
-                per_problem[(decoder.name, budget, k)] = scores.mean(dim=0)
+                scores_per_problem[decoder.name][str(budget)][str(k)] = scores.mean(dim=0).tolist()
                 results.append(
                     {
                         "decoder": decoder.name,
                         "token_budget": budget,
                         "k": k,
                         "mean": float(scores.mean()),
-                        "ci95": _half_width(scores.mean(dim=0)),
+                        "ci95": half_width(scores.mean(dim=0)),
                         "seed_means": scores.mean(dim=1).tolist(),
                     }
                 )
-    for entry in results:
-        if reference is None:
-            break
-        difference = (
-            per_problem[(entry["decoder"], entry["token_budget"], entry["k"])]
-            - per_problem[(reference, entry["token_budget"], entry["k"])]
-        )
-        entry["delta"], entry["delta_ci95"] = float(difference.mean()), _half_width(difference)
     main_budget = max(settings["token_budgets"])  # the budget the report plots lead with
     lengths = {
         decoder.name: {
@@ -399,18 +398,20 @@ def _summarise(decoders, outcomes, settings, reference, threshold) -> dict[str, 
                 "entropy": outcome["token_entropy"],
                 "action": outcome["token_action"],
             }
-    return {
-        "settings": {**settings, "reference": reference},
+    summary = {
+        "settings": dict(settings),
         "decoders": {
-            decoder.name: {"description": decoder.description, "level": decoder.level} for decoder in decoders
+            decoder.name: {
+                "description": decoder.description,
+                "level": decoder.level,
+                "budget_aware": decoder.uses_budget,
+            }
+            for decoder in decoders
         },
         "results": results,
+        "per_problem": scores_per_problem,
         "lengths": lengths,
         "token_entropy": token_entropy,
     }
-
-
-def _half_width(values: torch.Tensor) -> float:
-    if len(values) < 2:
-        return float("nan")
-    return float(Z_95 * values.std(unbiased=True) / math.sqrt(len(values)))
+    set_reference(summary, reference)
+    return summary

@@ -11,7 +11,8 @@ from hf_adaptive_decoding import AdaptiveDecodingConfig, AutoDecodingAdapter, De
 from hf_adaptive_decoding.adapters.modeling import DecodingAdapterModel
 from hf_adaptive_decoding.data.prompting import encode_prompts
 from hf_adaptive_decoding.evaluation import runner
-from hf_adaptive_decoding.evaluation.evaluate import Z_95, Decoder, evaluate_decoders
+from hf_adaptive_decoding.evaluation.comparison import Z_95
+from hf_adaptive_decoding.evaluation.evaluate import Decoder, evaluate_decoders
 from hf_adaptive_decoding.generation.policies import ConstantPolicy, EntropyDynamicTemperatureLogitsWarper
 from tests.conftest import make_char_tokenizer, make_tiny_model
 
@@ -262,11 +263,15 @@ def _pass_at_k(rewards, k):
 
 def test_summary_structure(run):
     summary = run["summary"]
-    assert set(summary) == {"settings", "decoders", "results", "lengths", "token_entropy"}
+    assert set(summary) == {"settings", "decoders", "results", "per_problem", "lengths", "token_entropy"}
     settings = summary["settings"]
     assert settings["num_problems"] == 3 and settings["num_samples"] == 4 and settings["reference"] == "greedy"
     assert settings["ks"] == [1, 2, 4] and settings["seeds"] == [0, 1] and settings["token_budgets"] == [BUDGET]
-    assert summary["decoders"] == {d.name: {"description": d.description, "level": d.level} for d in run["decoders"]}
+    assert summary["decoders"] == {
+        d.name: {"description": d.description, "level": d.level, "budget_aware": d.uses_budget}
+        for d in run["decoders"]
+    }
+    assert [d["budget_aware"] for d in summary["decoders"].values()] == [False, False, False, True, True]
     assert [d["level"] for d in summary["decoders"].values()] == ["token", "token", "token", "sequence", "token"]
     keys = [(e["decoder"], e["token_budget"], e["k"]) for e in summary["results"]]
     assert keys == [(d.name, BUDGET, k) for d in run["decoders"] for k in KS]
@@ -301,6 +306,7 @@ def test_pass_at_k_agrees_with_the_cached_rewards(run):
             ]
             means = [statistics.mean(column) for column in zip(*scores, strict=True)]
             per_problem[(decoder.name, k)] = means
+            assert summary["per_problem"][decoder.name][str(BUDGET)][str(k)] == pytest.approx(means, abs=1e-6)
             (entry,) = [e for e in summary["results"] if (e["decoder"], e["k"]) == (decoder.name, k)]
             assert entry["mean"] == pytest.approx(statistics.mean(means), abs=1e-6)
             assert entry["seed_means"] == pytest.approx([statistics.mean(row) for row in scores], abs=1e-6)
