@@ -78,7 +78,9 @@ def adapters_command(console: Console) -> int:
     adapters = shipped.shipped_adapters()
     if not adapters:
         where = shipped.SHIPPED_ADAPTERS_DIR
-        console.print(f"No shipped adapters found in {where} (they come with the package, or with a checkout of the repo).")
+        console.print(
+            f"No shipped adapters found in {where} (they come with the package, or with a checkout of the repo)."
+        )
         return 0
     for name, folder in adapters.items():
         config = json.loads((folder / "config.json").read_text())

@@ -61,7 +61,9 @@ class ScriptArguments:
     )
     num_train_examples: int = field(default=2000, metadata={"help": "Training prompts (at most)."})
     num_eval_examples: int = field(default=64, metadata={"help": "Validation prompts."})
-    families: list[str] | None = field(default=None, metadata={"help": "arithmetic: task families (all)."})
+    families: list[str] | None = field(
+        default=None, metadata={"help": "arithmetic: task families (default: DEFAULT_FAMILIES, the original five)."}
+    )
     levels: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "arithmetic: difficulty levels."})
     sandbox_workers: int | None = field(
         default=None, metadata={"help": "Code datasets: programs executed in parallel (default: number of CPUs)."}

@@ -8,8 +8,9 @@ Each decoder is a spec `<name>=<kind>[:<argument>]` (see `Decoder.from_spec`): `
 `best:<selection.json>`, `mixed:<action space>`, `edt[:T0,N,theta]`, `adapter:<folder or Hub id>`. Every decoder gets
 the same prompts, seeds and budgets; Pass@k (k <= num_samples) uses the unbiased estimator, with 95% confidence
 intervals over problems and paired differences to `--reference`. Written to `output_dir`: `results.json` (the
-numbers), `results.md` (the tables), `details.json` (lengths and per-token entropies) and `plots/`. Finished
-(decoder, budget, seed) runs are cached in `output_dir/cache/`: an interrupted evaluation resumes.
+numbers, with every problem's Pass@k for paired comparisons), `results.md` (the tables, by task family too),
+`details.json` (lengths and per-token entropies) and `plots/`. Finished (decoder, budget, seed) runs are cached in
+`output_dir/cache/`: an interrupted evaluation resumes.
 """
 
 import dataclasses
@@ -23,8 +24,9 @@ from transformers import set_seed
 from trl import TrlParser
 
 from hf_adaptive_decoding import load_default_model
+from hf_adaptive_decoding.evaluation.comparison import by_family
 from hf_adaptive_decoding.evaluation.evaluate import Decoder, evaluate_decoders
-from hf_adaptive_decoding.evaluation.report import plot_evaluation, results_table
+from hf_adaptive_decoding.evaluation.report import family_table, plot_evaluation, results_table
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "evaluate.yaml"
 
@@ -90,6 +92,8 @@ def main() -> None:
         cache_dir=args.cache_dir or output_dir / "cache",
         disable_tqdm=args.disable_tqdm,
     )
+    if "family" in test.column_names:
+        summary["by_family"] = by_family(summary, test["family"])
     details = {key: summary.pop(key) for key in ("lengths", "token_entropy")}
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
@@ -107,6 +111,9 @@ def main() -> None:
         sections.append(f"## {title.strip()}\n\n{results_table(summary, names)}")
     for budget in sorted(args.token_budgets)[:-1]:
         sections.append(f"## All decoders, token budget {budget}\n\n{results_table(summary, token_budget=budget)}")
+    for k in sorted({min(args.ks), max(args.ks)}) if "by_family" in summary else []:
+        title = f"## Pass@{k} by task family (token budget {max(args.token_budgets)})"
+        sections.append(f"{title}\n\n{family_table(summary['by_family'], max(args.token_budgets), k)}")
     descriptions = "\n".join(f"- **{name}**: {d['description']}" for name, d in summary["decoders"].items())
     sections.append(f"## Decoders\n\n{descriptions}")
     (output_dir / "results.md").write_text("\n\n".join(sections) + "\n")

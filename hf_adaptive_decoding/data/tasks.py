@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -74,13 +75,86 @@ def _word_problem(rng: random.Random, level: int) -> Problem:
     return f"word:{kind}:{name}:{item}:{a}:{b}", question, answer
 
 
+def _order_of_operations(rng: random.Random, level: int) -> Problem:
+    """Two operations, where the order matters: a + b * c, then (a + b) * c, then a * b - c * d."""
+    if level == 1:
+        a, b, c = _digits(rng, 2), rng.randint(2, 9), rng.randint(2, 9)
+        return f"ops1:{a}:{b}:{c}", f"What is {a} + {b} * {c}?", a + b * c
+    if level == 2:
+        a, b, c = _digits(rng, 1), _digits(rng, 2), rng.randint(2, 9)
+        return f"ops2:{a}:{b}:{c}", f"What is ({a} + {b}) * {c}?", (a + b) * c
+    a, b, c, d = (rng.randint(2, 19) for _ in range(4))
+    return f"ops3:{a}:{b}:{c}:{d}", f"What is {a} * {b} - {c} * {d}?", a * b - c * d
+
+
+def _two_step_word_problem(rng: random.Random, level: int) -> Problem:
+    """A start, then a purchase of groups (and at level 3 a loss): a + b * c (- d)."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b, c = _digits(rng, 1 if level == 1 else 2), rng.randint(2, 9), rng.randint(2, 9 if level == 1 else 12)
+    question = f"{name} has {a} {item}. {name} buys {b} packs with {c} {item} in each pack."
+    answer, d = a + b * c, 0
+    if level == 3:
+        d = rng.randint(1, answer - 1)
+        question += f" Then {name} gives away {d} {item}."
+        answer -= d
+    return f"word2:{name}:{item}:{a}:{b}:{c}:{d}", f"{question} How many {item} does {name} have now?", answer
+
+
+def _percent(rng: random.Random, level: int) -> Problem:
+    """A percentage of a whole number, with a whole result."""
+    percent = rng.choice({1: [10, 50], 2: [10, 20, 25, 50, 75]}.get(level, [5, 15, 30, 40, 60, 80]))
+    step = 100 // math.gcd(percent, 100)
+    whole = step * rng.randint(1, {1: 300, 2: 200}.get(level, 240))
+    return f"pct:{percent}:{whole}", f"What is {percent}% of {whole}?", percent * whole // 100
+
+
+def _remainder(rng: random.Random, level: int) -> Problem:
+    divisor = rng.randint(2, 9) if level < 3 else rng.randint(11, 25)
+    dividend = _digits(rng, 2 if level == 1 else 3)
+    return (
+        f"mod:{dividend}:{divisor}",
+        f"What is the remainder when {dividend} is divided by {divisor}?",
+        (dividend % divisor),
+    )
+
+
+UNITS = {1: [("minutes", "hours", 60), ("days", "weeks", 7)], 2: [("centimetres", "metres", 100),
+         ("grams", "kilograms", 1000), ("seconds", "minutes", 60)], 3: [("seconds", "hours", 3600),
+         ("hours", "weeks", 168), ("millimetres", "metres", 1000)]}  # fmt: skip
+
+
+def _unit_conversion(rng: random.Random, level: int) -> Problem:
+    small, large, factor = rng.choice(UNITS[level])
+    count = rng.randint(2, 250)
+    return f"unit:{small}:{large}:{count}", f"How many {small} are in {count} {large}?", count * factor
+
+
+def _next_in_sequence(rng: random.Random, level: int) -> Problem:
+    """The next term of an arithmetic progression (level 3: decreasing)."""
+    start = rng.randint(1, 60) if level == 1 else _digits(rng, 2)
+    step = rng.randint(2, 9) if level < 3 else -rng.randint(2, 9)
+    if level == 3:
+        start += 5 * -step
+    terms = [start + i * step for i in range(4)]
+    shown = ", ".join(map(str, terms))
+    return f"seq:{start}:{step}", f"What number comes next in the sequence {shown}, ...?", start + 4 * step
+
+
 FAMILIES: dict[str, Callable[[random.Random, int], Problem]] = {
     "addition": _addition,
     "subtraction": _subtraction,
     "multiplication": _multiplication,
     "division": _division,
     "word_problem": _word_problem,
+    "order_of_operations": _order_of_operations,
+    "two_step_word_problem": _two_step_word_problem,
+    "percent": _percent,
+    "remainder": _remainder,
+    "unit_conversion": _unit_conversion,
+    "next_in_sequence": _next_in_sequence,
 }
+# What `families=None` draws (and what the default model and shipped adapters were trained on).
+DEFAULT_FAMILIES = ("addition", "subtraction", "multiplication", "division", "word_problem")
 
 
 def _split_of(key: str) -> str:
@@ -106,7 +180,7 @@ def arithmetic_dataset(
     Args:
         split (`str`): `"train"`, `"validation"` or `"test"`.
         num_examples (`int`): how many distinct problems, spread evenly over the families and levels.
-        families (`Sequence[str]`, *optional*): a subset of `FAMILIES`; all by default.
+        families (`Sequence[str]`, *optional*): a subset of `FAMILIES`; by default `DEFAULT_FAMILIES`.
         levels (`Sequence[int]`): difficulty levels, from 1 to 3.
         seed (`int`): which problems are drawn.
         conversational (`bool`): `prompt` as a user message, `[{"role": "user", "content": question}]` (TRL's
@@ -120,7 +194,7 @@ def arithmetic_dataset(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}.")
-    families = list(FAMILIES) if families is None else list(families)
+    families = list(DEFAULT_FAMILIES) if families is None else list(families)
     unknown = [family for family in families if family not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"Unknown or no task families {unknown or families}; available: {list(FAMILIES)}.")

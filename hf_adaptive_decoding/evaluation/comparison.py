@@ -282,3 +282,23 @@ def summary_json(summary: dict[str, Any], decoders: Sequence[str]) -> dict[str, 
         "comparisons": comparisons(summary, decoders),
         "headroom": headroom(summary, decoders),
     }
+
+
+def by_family(summary: dict[str, Any], families: Sequence[str]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Mean Pass@k of every decoder on each task family's problems: `{family: {decoder: {budget: {k: mean}}}}`
+    (`families`: the family of every problem, in the dataset's order)."""
+    if len(families) != summary["settings"]["num_problems"]:
+        raise ValueError(f"{len(families)} families for {summary['settings']['num_problems']} problems.")
+    table: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for family in sorted(set(families)):
+        rows = torch.tensor([f == family for f in families])
+        table[family] = {
+            decoder: {
+                budget: {
+                    k: float(torch.tensor(values, dtype=torch.float64)[rows].mean()) for k, values in by_k.items()
+                }
+                for budget, by_k in by_budget.items()
+            }
+            for decoder, by_budget in summary["per_problem"].items()
+        }
+    return table

@@ -53,6 +53,18 @@ def results_table(
     return "\n".join(lines)
 
 
+def family_table(table: dict[str, dict[str, dict[str, dict[str, float]]]], token_budget: int, k: int) -> str:
+    """A markdown table of Pass@k (percent) with one row per task family and one column per decoder, from
+    [`~evaluation.comparison.by_family`]; the best decoder of each row is in bold."""
+    decoders = list(next(iter(table.values())))
+    lines = ["| Family | " + " | ".join(decoders) + " |", "|---|" + "---:|" * len(decoders)]
+    for family, scores in table.items():
+        values = [100 * scores[name][str(token_budget)][str(k)] for name in decoders]
+        cells = [f"**{v:.1f}**" if v == max(values) else f"{v:.1f}" for v in values]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 MARKERS = "osD^vP*Xh<>p"
 
 

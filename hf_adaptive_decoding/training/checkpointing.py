@@ -146,9 +146,7 @@ def _remove(checkpoint: Path) -> None:
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def parse_resume_argument(
-    value: str | None, output_dir: str | os.PathLike
-) -> tuple[bool | str | None, bool | None]:
+def parse_resume_argument(value: str | None, output_dir: str | os.PathLike) -> tuple[bool | str | None, bool | None]:
     """
     A recipe's `--resume_from_checkpoint` as [`~BaseAdapterTrainer.train`] takes it.
 

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from hf_adaptive_decoding.data.tasks import FAMILIES, arithmetic_dataset
+from hf_adaptive_decoding.data.tasks import DEFAULT_FAMILIES, FAMILIES, arithmetic_dataset
 
 
 def solve(question: str) -> int:
@@ -16,6 +16,41 @@ def solve(question: str) -> int:
     if "gives away" in question:
         return numbers[0] - numbers[1]
     return numbers[0] * numbers[1]
+
+
+def solve_any(question: str) -> int:
+    """An independent solver for every family's wording: Python evaluates the expression the question states."""
+    numbers = [int(n) for n in re.findall(r"-?\d+", question.replace(" - ", " _ "))]
+    if match := re.fullmatch(r"What is ([-+*/() \d]+)\?", question):
+        return int(eval(match[1].replace("/", "//")))  # the generated arithmetic only, no names
+    if question.startswith("What is the remainder"):
+        return numbers[0] % numbers[1]
+    if "%" in question:
+        return numbers[0] * numbers[1] // 100
+    if question.startswith("How many") and " are in " in question:
+        factors = {("minutes", "hours"): 60, ("days", "weeks"): 7, ("centimetres", "metres"): 100}
+        factors |= {("grams", "kilograms"): 1000, ("seconds", "minutes"): 60, ("seconds", "hours"): 3600}
+        factors |= {("hours", "weeks"): 168, ("millimetres", "metres"): 1000}
+        small, large = re.fullmatch(r"How many (\w+) are in \d+ (\w+)\?", question).groups()
+        return numbers[0] * factors[(small, large)]
+    if "comes next" in question:
+        return numbers[-1] + (numbers[-1] - numbers[-2])
+    if "packs" in question:
+        return numbers[0] + numbers[1] * numbers[2] - (numbers[3] if len(numbers) > 3 else 0)
+    return solve(question)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_at_every_level_has_the_right_answers(family):
+    dataset = arithmetic_dataset("validation", num_examples=60, families=[family], levels=(1, 2, 3), seed=5)
+    assert sorted(set(dataset["level"])) == [1, 2, 3] and len(set(dataset["key"])) == 60
+    for row in dataset:
+        assert int(row["answer"]) == solve_any(row["prompt"][0]["content"]), row
+
+
+def test_the_default_families_are_the_original_five():
+    assert set(arithmetic_dataset("train", num_examples=200)["family"]) == set(DEFAULT_FAMILIES)
+    assert set(DEFAULT_FAMILIES) < set(FAMILIES)
 
 
 def test_answers_are_correct_and_columns_present():
@@ -43,7 +78,7 @@ def test_deterministic_by_seed_and_spread_over_families_and_levels():
     first = arithmetic_dataset("validation", num_examples=150, seed=3)
     assert first["prompt"] == arithmetic_dataset("validation", num_examples=150, seed=3)["prompt"]
     assert first["prompt"] != arithmetic_dataset("validation", num_examples=150, seed=4)["prompt"]
-    counts = {(f, lv): 0 for f in FAMILIES for lv in (1, 2, 3)}
+    counts = {(f, lv): 0 for f in DEFAULT_FAMILIES for lv in (1, 2, 3)}
     for row in first:
         counts[(row["family"], row["level"])] += 1
     assert set(counts.values()) == {10}

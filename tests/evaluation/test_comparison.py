@@ -12,6 +12,7 @@ from hf_adaptive_decoding.evaluation.comparison import (
     ORACLE,
     Z_95,
     add_baselines,
+    by_family,
     choose_baselines,
     comparisons,
     headroom,
@@ -202,3 +203,11 @@ def test_summary_json_has_the_fields_the_reproduction_reports(scored):
 def test_set_reference_refuses_an_unknown_decoder(scored):
     with pytest.raises(ValueError, match="reference 'nope' is not one of the decoders"):
         set_reference(scored, "nope")
+
+
+def test_by_family_averages_each_familys_problems():
+    table = by_family(TEST, TEST_FAMILIES)
+    assert set(table) == set(TEST_FAMILIES)
+    assert table["division"]["hot"][str(BUDGET)]["8"] == 1.0 and table["addition"]["greedy"][str(BUDGET)]["1"] == 1.0
+    with pytest.raises(ValueError, match="2 families for 3 problems"):
+        by_family(TEST, TEST_FAMILIES[:2])

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from hf_adaptive_decoding.evaluation.report import plot_evaluation, results_table
+from hf_adaptive_decoding.evaluation.report import family_table, plot_evaluation, results_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -114,3 +114,13 @@ def test_plot_evaluation_without_token_level_decoders_or_a_second_budget(tmp_pat
     assert [path.name for path in written] == ["accuracy_vs_budget.png", "generation_lengths.png"]
     assert not (tmp_path / "token_entropy_by_action.png").exists()
     assert all(path.read_bytes()[:8] == PNG for path in written)
+
+
+def test_family_table_has_a_row_per_family_with_the_best_in_bold():
+    table = {
+        "addition": {"greedy": {"48": {"1": 0.5}}, "T1": {"48": {"1": 0.25}}},
+        "division": {"greedy": {"48": {"1": 0.1}}, "T1": {"48": {"1": 0.2}}},
+    }
+    lines = family_table(table, 48, 1).splitlines()
+    assert lines[0] == "| Family | greedy | T1 |"
+    assert lines[2] == "| addition | **50.0** | 25.0 |" and lines[3] == "| division | 10.0 | **20.0** |"
