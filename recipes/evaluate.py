@@ -23,8 +23,8 @@ from _training import ScriptArguments, load_data, reward_function
 from transformers import set_seed
 from trl import TrlParser
 
-from hf_adaptive_decoding import load_default_model
-from hf_adaptive_decoding.evaluation.comparison import by_family
+from hf_adaptive_decoding import DecodingAdapterModel, load_default_model
+from hf_adaptive_decoding.evaluation.comparison import add_baselines, by_family, choose_baselines, summary_json
 from hf_adaptive_decoding.evaluation.evaluate import Decoder, evaluate_decoders
 from hf_adaptive_decoding.evaluation.report import family_table, plot_evaluation, results_table
 
@@ -62,7 +62,44 @@ class EvaluationArguments:
     cache_dir: str | None = field(
         default=None, metadata={"help": "Finished runs, shared by evaluations (default: output_dir/cache)."}
     )
+    candidates: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Static decoder specs to choose the baselines among (evaluated with --decoders); with "
+            "--write_baselines, on validation."
+        },
+    )
+    write_baselines: str | None = field(
+        default=None,
+        metadata={"help": "Write BEST, BEST@k and the best candidate of each task family, chosen here, to this file."},
+    )
+    baselines: str | None = field(
+        default=None,
+        metadata={
+            "help": "A file --write_baselines wrote (on validation): its candidates are run here too, and BEST, "
+            "BEST@k, family-best and the oracle are scored on these problems and compared against."
+        },
+    )
+    summary_file: str | None = field(
+        default=None,
+        metadata={"help": "With --baselines: where summary.json goes (default: output_dir/summary.json)."},
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+
+
+def _decoders(args: EvaluationArguments) -> tuple[list[Decoder], list[str], dict | None]:
+    """The decoders to run (theirs, then any candidate not among them), the candidates' names, the baselines read."""
+    if args.baselines and (args.candidates or args.write_baselines):
+        raise ValueError("--baselines scores baselines chosen before; it takes no --candidates or --write_baselines.")
+    if args.write_baselines and not args.candidates:
+        raise ValueError("--write_baselines chooses among --candidates: give the static decoder specs to compare.")
+    baselines = json.loads(Path(args.baselines).read_text()) if args.baselines else None
+    candidate_specs = baselines["candidate_specs"] if baselines else args.candidates
+    decoders = [Decoder.from_spec(spec) for spec in args.decoders]
+    names = {decoder.name for decoder in decoders}
+    candidates = [Decoder.from_spec(spec) for spec in candidate_specs]
+    decoders += [candidate for candidate in candidates if candidate.name not in names]
+    return decoders, [candidate.name for candidate in candidates], baselines
 
 
 def main() -> None:
@@ -70,7 +107,8 @@ def main() -> None:
         sys.argv[1:1] = ["--config", str(DEFAULT_CONFIG)]
     data_args, args = TrlParser((ScriptArguments, EvaluationArguments)).parse_args_and_config()
     set_seed(args.seeds[0])
-    decoders = [Decoder.from_spec(spec) for spec in args.decoders]
+    decoders, candidates, baselines = _decoders(args)
+    reference = "BEST" if baselines and args.reference is None else args.reference
     data_args = dataclasses.replace(data_args, eval_split=args.split, num_eval_examples=args.num_test_examples)
     _, test = load_data(data_args)
     model, tokenizer = load_default_model(data_args.model_name_or_path)
@@ -88,21 +126,32 @@ def main() -> None:
         instruction=args.instruction,
         system_prompt=args.system_prompt,
         rows_per_batch=args.rows_per_batch,
-        reference=args.reference,
+        reference=None if baselines else reference,
         cache_dir=args.cache_dir or output_dir / "cache",
         disable_tqdm=args.disable_tqdm,
     )
-    if "family" in test.column_names:
-        summary["by_family"] = by_family(summary, test["family"])
-    details = {key: summary.pop(key) for key in ("lengths", "token_entropy")}
+    families = test["family"] if "family" in test.column_names else None
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.write_baselines:
+        chosen = choose_baselines(summary, candidates, families)
+        chosen["candidate_specs"] = args.candidates
+        Path(args.write_baselines).write_text(json.dumps(chosen, indent=2))
+        print(f"Baselines chosen on {len(test)} {args.split} problems: {args.write_baselines}")
+    if baselines:
+        adapters = [decoder.name for decoder in decoders if isinstance(decoder.policy, DecodingAdapterModel)]
+        summary = add_baselines(summary, baselines, families, reference)
+        summary_path = Path(args.summary_file or output_dir / "summary.json")
+        summary_path.write_text(json.dumps(summary_json(summary, adapters), indent=2))
+    if families is not None:
+        summary["by_family"] = by_family(summary, families)
+    details = {key: summary.pop(key) for key in ("lengths", "token_entropy")}
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (output_dir / "details.json").write_text(json.dumps(details))
     settings = summary["settings"]
     header = (
         f"{settings['num_problems']} {data_args.dataset} {args.split} problems, {settings['num_samples']} samples "
         f"each, seeds {settings['seeds']}; Pass@k in %, mean ± 95% CI over problems"
-        + (f"; Δ: paired difference to {args.reference}." if args.reference else ".")
+        + (f"; Δ: paired difference to {reference}." if reference else ".")
     )
     sections = [f"## All decoders (token budget {max(args.token_budgets)})\n\n{header}\n\n{results_table(summary)}"]
     for spec in args.tables:

@@ -323,3 +323,35 @@ def test_ship_draft_adapter_refuses_a_benchmark_that_does_not_describe_the_adapt
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and message in refused.stderr
     assert not (tmp_path / "cards").exists()  # nothing half-shipped
+
+
+@pytest.mark.slow
+def test_evaluate_recipe_chooses_baselines_on_validation_and_compares_an_adapter_on_test(default_model, tmp_path):
+    common = [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--token_budgets", "6", "--ks", "1", "2"]
+    common += ["--num_samples", "2", "--seeds", "0", "--disable_tqdm", "true", "--cache_dir", str(tmp_path / "c")]
+    common += ["--families", "addition", "percent", "--levels", "1", "--num_train_examples", "8"]
+    baselines = tmp_path / "baselines.json"
+    candidates = ["greedy=static:greedy", "T1=static:T=1"]
+    choose = common + ["--split", "validation", "--num_test_examples", "4", "--output_dir", str(tmp_path / "val")]
+    choose += ["--decoders", *candidates, "--candidates", *candidates, "--write_baselines", str(baselines)]
+    run = subprocess.run(choose, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    chosen = json.loads(baselines.read_text())
+    assert chosen["candidates"] == ["greedy", "T1"] and chosen["candidate_specs"] == candidates
+    assert set(chosen["token_budgets"]["6"]["family-best"]) == {"addition", "percent"}
+
+    adapter = ROOT / "model_cards" / "smollm2-135m-arithmetic-token-budget"
+    compare = common + ["--split", "test", "--num_test_examples", "4", "--output_dir", str(tmp_path / "test")]
+    compare += ["--decoders", f"ours=adapter:{adapter}", "--baselines", str(baselines), "--reference", "BEST"]
+    run = subprocess.run(compare, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "test" / "summary.json").read_text())
+    assert summary["num_test_problems"] == 4
+    assert {(row["reference"], row["k"]) for row in summary["comparisons"]} == {
+        (reference, k) for reference in ("BEST", "BEST@k", "family-best") for k in (1, 2)
+    }
+    assert all(row["decoder"] == "ours" and row["level"] == "token" for row in summary["comparisons"])
+    results = json.loads((tmp_path / "test" / "results.json").read_text())
+    assert {"ours", "greedy", "T1", "BEST", "BEST@k", "family-best", "oracle"} == set(results["decoders"])
+    assert results["settings"]["reference"] == "BEST"
+    assert "Pass@1 by task family" in (tmp_path / "test" / "results.md").read_text()

@@ -120,9 +120,10 @@ def plot_evaluation(summary: dict[str, Any], folder: str | os.PathLike) -> list[
     figure.savefig(written[-1], dpi=120)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
-    axis.boxplot([summary["lengths"][name][str(main_budget)] for name in names], showfliers=False)
-    axis.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
+    generated = [name for name in names if name in summary["lengths"]]  # the baselines generate nothing of their own
+    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(generated) + 2), 4))
+    axis.boxplot([summary["lengths"][name][str(main_budget)] for name in generated], showfliers=False)
+    axis.set_xticks(range(1, len(generated) + 1), generated, rotation=30, ha="right", fontsize=8)
     axis.set(ylabel="generated tokens", title=f"Generation lengths (token budget {main_budget})")
     axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
