@@ -261,24 +261,49 @@ def _run_units(units, run, settings, cache_dir, num_rows, disable_tqdm) -> dict[
         path = _unit_path(cache_dir, decoder.name, budget, seed, parallel)
         outcome = _load_unit(path, context)
         if outcome is None:
-            outcome = run(decoder=decoder, budget=budget, seed=seed, parallel=parallel)
+            partial = path.with_suffix(".partial.pt") if path is not None else None
+            outcome = run(
+                decoder=decoder,
+                budget=budget,
+                seed=seed,
+                parallel=parallel,
+                partial=(partial, context),
+                progress=progress,
+            )
             _save_unit(path, context, outcome)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
+        else:
+            progress.update(num_rows)
         outcomes[(decoder.name, budget, seed, parallel)] = outcome
-        progress.update(num_rows)
     progress.close()
     return outcomes
 
 
-def _run_unit(model, tokenizer, decoder, rows, reward_funcs, budget, seed, parallel, options) -> dict[str, Any]:
+def _run_unit(
+    model, tokenizer, decoder, rows, reward_funcs, budget, seed, parallel, options, partial=(None, None), progress=None
+) -> dict[str, Any]:
     """Generate and score one (decoder, budget, seed[, B]): rewards and lengths per problem and sample, and at
-    token level a subsample of (entropy, action) per generated token."""
+    token level a subsample of (entropy, action) per generated token. With `partial` (a path and the unit's
+    context), the batches done so far are kept there after each batch, and a run killed mid-unit continues from
+    them (a problem's samples depend only on its own key, so batches done apart give the same outcome)."""
     num_samples, instruction, system_prompt = options["num_samples"], options["instruction"], options["system_prompt"]
     rows_per_batch, reward_timeout = options["rows_per_batch"], options["reward_timeout"]
     max_recorded_tokens = options["max_recorded_tokens"]
     samples = 1 if decoder.samples_identical else num_samples
     per_batch = max(1, rows_per_batch // samples)
-    rewards, lengths, entropies, actions = [], [], [], []
-    for start in range(0, len(rows), per_batch):
+    partial_path, context = partial
+    state = _load_partial(partial_path, context) or {
+        "done": 0,
+        "rewards": [],
+        "lengths": [],
+        "entropies": [],
+        "actions": [],
+    }
+    rewards, lengths, entropies, actions = state["rewards"], state["lengths"], state["entropies"], state["actions"]
+    if progress is not None:
+        progress.update(state["done"])
+    for start in range(state["done"], len(rows), per_batch):
         chunk = rows[start : start + per_batch]
         scored = rollout_and_score(
             model,
@@ -303,6 +328,10 @@ def _run_unit(model, tokenizer, decoder, rows, reward_funcs, budget, seed, paral
         if decoder.level == "token":
             entropies.append(batch.entropies.cpu())
             actions.append(batch.actions.cpu())
+        state["done"] = start + len(chunk)
+        _save_partial(partial_path, context, state)
+        if progress is not None:
+            progress.update(len(chunk))
     outcome: dict[str, Any] = {"rewards": rewards, "lengths": lengths}
     if entropies:
         entropy, action = torch.cat(entropies), torch.cat(actions)
@@ -318,6 +347,25 @@ def _unit_path(cache_dir, name: str, budget: int, seed: int, parallel: int | Non
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     suffix = f"-B{parallel}" if parallel is not None else ""
     return Path(cache_dir) / f"{safe}-b{budget}-s{seed}{suffix}.json"
+
+
+def _load_partial(path: Path | None, context: dict[str, Any]) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception:  # cut by a kill (the file is replaced atomically, so this is only a foreign file): start over
+        return None
+    return saved["state"] if saved.get("context") == json.dumps(context, sort_keys=True, default=str) else None
+
+
+def _save_partial(path: Path | None, context: dict[str, Any], state: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save({"context": json.dumps(context, sort_keys=True, default=str), "state": state}, temporary)
+    os.replace(temporary, path)
 
 
 def _load_unit(path: Path | None, context: dict[str, Any]) -> dict[str, Any] | None:

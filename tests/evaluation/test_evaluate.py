@@ -381,6 +381,30 @@ def test_a_budget_aware_sequence_adapter_gets_one_unit_per_k(run):
     )
 
 
+def test_a_unit_killed_between_batches_continues_from_its_last_batch(run, monkeypatch, tmp_path):
+    real, calls = runner.generate_rollouts, []
+
+    def killed_at_the_second_batch(*args, **kwargs):
+        calls.append(kwargs["num_samples"].numel())
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "generate_rollouts", killed_at_the_second_batch)
+    mixed = [run["decoders"][1]]
+    arguments = (run["model"], run["tokenizer"], mixed, run["dataset"], even_length)
+    options = {**KWARGS, "seeds": (0,), "cache_dir": tmp_path}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_decoders(*arguments, **options)
+    assert [p.name for p in tmp_path.iterdir()] == [f"MIXED-b{BUDGET}-s0.partial.pt"]
+    resumed = evaluate_decoders(*arguments, **options)
+    assert calls == [2, 1, 1]  # batches of two problems and one: the first is not generated again
+    assert not (tmp_path / f"MIXED-b{BUDGET}-s0.partial.pt").exists()
+    assert _unit(tmp_path, "MIXED", 0) == _unit(run["cache"], "MIXED", 0)
+    rewards = _unit(run["cache"], "MIXED", 0)["outcome"]["rewards"]
+    assert resumed["results"][0]["mean"] == pytest.approx(statistics.mean(_pass_at_k(r, 1) for r in rewards))
+
+
 def test_a_second_call_resumes_from_the_cache(run, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("generate_rollouts was called although every unit is cached")
