@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -219,7 +218,7 @@ class DraftTrainer(BaseAdapterTrainer):
 
     tracker_project_name = "hf_adaptive_decoding_draft"
     progress_description = "Training draft adapter"
-    optional_resumed_state = ("best_eval_speedup", "best_step")
+    metric_for_best_model = "eval_speedup"
 
     def __init__(
         self,
@@ -419,22 +418,12 @@ class DraftTrainer(BaseAdapterTrainer):
 
     # ------------------------------------------------------------------------------------------------- output
 
-    def _discard_previous_run(self) -> None:
-        """Also the best adapters' copies; traces and the cost model stay: they do not depend on the policy."""
-        super()._discard_previous_run()
-        for folder in self.output_dir.glob("best-*"):
-            shutil.rmtree(folder)
-
     def _evaluate_during_training(self, step: int) -> None:
-        """Validate, log, and keep a copy of the adapter when it is the best so far."""
+        """Validate, log, and keep a copy of the adapter when it is the best so far (traces and the cost model stay
+        when a run is discarded: they do not depend on the policy)."""
         results = self.evaluate()
         self._log({"step": step, **results})
-        if results["eval_speedup"] > self.state.get("best_eval_speedup", float("-inf")):
-            self.state.update(best_eval_speedup=results["eval_speedup"], best_step=step)
-            if self.accelerator.is_main_process:
-                # Before the checkpoint that records it, and kept after the run: a resumed or extended run may
-                # still end on it. (A few copies of a small adapter.)
-                self.unwrapped_adapter.save_pretrained(self.output_dir / f"best-{step}")
+        self._keep_if_best(step, results)
 
     def _finish(self) -> dict[str, Any]:
         """Save the adapter with its validation results, and plot the run; returns those results."""
@@ -446,8 +435,7 @@ class DraftTrainer(BaseAdapterTrainer):
             final = {**next(e for e in evals if e["step"] == best_step), "best_step": best_step}
         if not self.accelerator.is_main_process:
             return final
-        if "best_step" in final:
-            adapter = type(adapter).from_pretrained(self.output_dir / f"best-{final['best_step']}")
+        adapter = self._best_adapter() or adapter
         adapter.save_pretrained(self.output_dir)
         (self.output_dir / "eval_results.json").write_text(json.dumps(final, indent=2))
         from .reporting import plot_draft_training

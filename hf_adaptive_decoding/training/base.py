@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -144,7 +145,9 @@ class BaseAdapterTrainer:
     progress_description: str = "Training"
     #: The entries of `state` a checkpoint restores, and those it restores when it has them.
     resumed_state: tuple[str, ...] = ("global_step", "log_history")
-    optional_resumed_state: tuple[str, ...] = ()
+    optional_resumed_state: tuple[str, ...] = ("best_metric", "best_step")
+    #: The validation metric [`_keep_if_best`] compares (higher is better).
+    metric_for_best_model: str = "eval_reward"
     #: Settings that may change when a run is resumed without changing what it computes until its old end; any other
     #: change, or another number of processes, is warned about. `None`: resuming compares nothing.
     resumable_changes: frozenset[str] | None = None
@@ -185,9 +188,31 @@ class BaseAdapterTrainer:
         raise NotImplementedError
 
     def _discard_previous_run(self) -> None:
-        """(Main process) What `overwrite_output_dir` deletes of an earlier run: its checkpoints and metrics."""
+        """(Main process) What `overwrite_output_dir` deletes of an earlier run: its checkpoints, metrics and the
+        copies of its best adapters."""
         checkpointing.discard_checkpoints_after(self.output_dir, -1)
         (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for folder in self.output_dir.glob("best-*"):
+            shutil.rmtree(folder)
+
+    # ----------------------------------------------------------------------------------------------- best model
+
+    def _keep_if_best(self, step: int, results: dict[str, Any]) -> None:
+        """Record `step` as the best so far when its `metric_for_best_model` beats every earlier validation (ties
+        keep the earlier step), and keep a copy of the adapter in `best-<step>/`."""
+        value = results[self.metric_for_best_model]
+        if value > self.state.get("best_metric", float("-inf")):
+            self.state.update(best_metric=value, best_step=step)
+            if self.accelerator.is_main_process:
+                # Before the checkpoint that records it, and kept after the run: a resumed or extended run may
+                # still end on it. (A few copies of a small adapter.)
+                self.unwrapped_adapter.save_pretrained(self.output_dir / f"best-{step}")
+
+    def _best_adapter(self) -> PreTrainedModel | None:
+        """The best validated adapter when `load_best_model_at_end` and there is one, else `None`."""
+        if not getattr(self.args, "load_best_model_at_end", False) or "best_step" not in self.state:
+            return None
+        return type(self.unwrapped_adapter).from_pretrained(self.output_dir / f"best-{self.state['best_step']}")
 
     # ----------------------------------------------------------------------------------------------- loop
 

@@ -64,6 +64,8 @@ class AdapterTrainerConfig(BaseTrainerConfig):
         failure_reward (`float`): the reward of samples whose reward function timed out.
         eval_steps (`int`, *optional*): validate the deterministic policy every this many steps (and at the end).
         eval_num_examples (`int`, *optional*): how many validation prompts (default all).
+        load_best_model_at_end (`bool`): save, card and compare the adapter of the validation with the best
+            `eval_reward` (ties: the earlier) rather than the last step's; the last weights stay in the checkpoints.
         per_device_eval_batch_size (`int`): prompts per process and evaluation batch.
         save_steps (`int`): checkpoint every this many steps (and at the end).
         save_total_limit, logging_steps, report_to, run_name, disable_tqdm: the run's bookkeeping, see
@@ -214,6 +216,13 @@ class AdapterTrainerConfig(BaseTrainerConfig):
     eval_num_examples: int | None = field(
         default=None, metadata={"help": "How many validation prompts are used. None: all."}
     )
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the adapter of the validation with the best eval_reward (ties: the earlier) as the run's "
+            "adapter, rather than the last step's; needs eval_steps. The last weights stay in the checkpoints."
+        },
+    )
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Prompts per process and validation batch."})
     save_steps: int = field(default=50, metadata={"help": "Save a checkpoint every this many steps and at the end."})
     seed: int = field(
@@ -262,6 +271,8 @@ class AdapterTrainerConfig(BaseTrainerConfig):
         group_ok = self.scale_rewards != "group" or self.num_generations >= 2
         self._check("scale_rewards", group_ok, "'none' or 'batch' with num_generations=1 (a group of one)")
         self._check("cot_ratio", 0 <= self.cot_ratio <= 1, "in [0, 1]")
+        best_ok = not self.load_best_model_at_end or self.eval_steps is not None
+        self._check("load_best_model_at_end", best_ok, "False when eval_steps is None (nothing is validated)")
         threshold = self.max_prob_threshold
         self._check("max_prob_threshold", threshold is None or 0 < threshold <= 1, "None or in (0, 1]")
         for name in ("token_budgets", "parallel_budgets"):

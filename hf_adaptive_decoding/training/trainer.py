@@ -42,6 +42,7 @@ RESUMABLE_CHANGES = frozenset(
         "hub_model_id",
         "hub_private_repo",
         "overwrite_output_dir",
+        "load_best_model_at_end",
     }
 )
 
@@ -305,6 +306,7 @@ class AdapterTrainer(BaseAdapterTrainer):
         if self.eval_dataset is not None:
             self._last_eval = {"step": step, **self.evaluate()}
             self._log(self._last_eval)
+            self._keep_if_best(step, self._last_eval)
 
     def _log(self, entry: dict[str, Any]) -> None:
         """Log `entry`; redraw the plots after a validation and at the last step."""
@@ -375,17 +377,21 @@ class AdapterTrainer(BaseAdapterTrainer):
     def _finish(self) -> dict[str, Any]:
         """Save the final adapter with its model card next to the checkpoints and push it when asked; returns the
         final metrics (the last logged value of each)."""
-        evaluation = None
+        evaluation, best = None, self._best_adapter()
         if self.eval_dataset is not None:
             last = self._last_eval
             adapter_reward = last if last and last["step"] == self.state["global_step"] else self.evaluate()
+            if best is not None:
+                adapter_reward = {"eval_reward": self.state["best_metric"]}
             evaluation = {"adapter": adapter_reward["eval_reward"], "static": self.evaluate_static_actions()}
+            if best is not None:
+                evaluation["best_step"] = self.state["best_step"]
         if self.accelerator.is_main_process:
-            self._save_final_adapter(evaluation)
+            self._save_final_adapter(evaluation, best)
         return {key: value for entry in self.state["log_history"] for key, value in entry.items()}
 
-    def _save_final_adapter(self, evaluation: dict[str, Any] | None) -> None:
-        args, adapter = self.args, self.unwrapped_adapter
+    def _save_final_adapter(self, evaluation: dict[str, Any] | None, best: PreTrainedModel | None = None) -> None:
+        args, adapter = self.args, best if best is not None else self.unwrapped_adapter
         adapter.save_pretrained(self.output_dir)
         card = reporting.adapter_model_card(
             adapter, args, self.train_dataset, self.reward_funcs, evaluation, self.state["log_history"]

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file
 
 from hf_adaptive_decoding import (
     AdapterTrainer,
@@ -359,3 +360,28 @@ def test_validation_samples_from_its_own_seeds_and_leaves_the_training_rng_alone
     assert second == first
     # Two chunks of 4 prompts each for the adapter, static greedy and static T=1: T=1 really samples.
     assert len(first) == 6 and first[4:] != first[2:4]
+
+
+def test_load_best_model_at_end_keeps_the_best_validated_adapter(tmp_path):
+    def even_length(prompts, completions, **kwargs):  # varies across samples, so every step moves the adapter
+        return [float(len(completion) % 2 == 0) for completion in completions]
+
+    trainer = make_trainer(
+        tmp_path, reward_funcs=even_length, eval_steps=1, save_steps=4, load_best_model_at_end=True, plot=False
+    )
+    real, scripted = trainer.evaluate, iter([0.1, 0.5, 0.5, 0.2])
+    trainer.evaluate = lambda *args, **kwargs: {**real(*args, **kwargs), "eval_reward": next(scripted)}
+    trainer.train()
+    run = tmp_path / "run"
+    evaluation = json.loads((run / "eval_results.json").read_text())
+    assert evaluation["best_step"] == 2 and evaluation["adapter"] == 0.5  # the tie at step 3 keeps step 2
+    saved, best = load_file(run / "model.safetensors"), load_file(run / "best-2" / "model.safetensors")
+    assert saved.keys() == best.keys() and all(torch.equal(saved[key], best[key]) for key in saved)
+    last = trainer.unwrapped_adapter.state_dict()
+    assert any(not torch.equal(last[key].cpu(), saved[key]) for key in saved)
+    assert sorted(p.name for p in run.glob("best-*")) == ["best-1", "best-2"]
+
+
+def test_load_best_model_at_end_needs_validations():
+    with pytest.raises(ValueError, match="load_best_model_at_end must be False when eval_steps is None"):
+        AdapterTrainerConfig(output_dir="x", eval_steps=None, load_best_model_at_end=True)
