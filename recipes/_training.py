@@ -41,7 +41,8 @@ class ScriptArguments:
     preset: str = field(default="math-token", metadata={"help": "Action space: a preset name or a JSON file."})
     budget_feature: str | None = field(default="log", metadata={"help": "none, linear or log."})
     context_features: str = field(
-        default="hidden_state", metadata={"help": "hidden_state, or entropy (token level: the Section 4 ablation)."}
+        default="hidden_state",
+        metadata={"help": "hidden_state; token level also entropy (the Section 4 ablation) or hidden_state+stats."},
     )
     adapter: str | None = field(default=None, metadata={"help": "Start from this adapter (folder or Hub id)."})
     adapter_hidden_size: int = field(default=256, metadata={"help": "Hidden size of a fresh adapter's MLP."})

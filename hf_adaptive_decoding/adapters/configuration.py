@@ -13,7 +13,8 @@ from typing import Any, Literal
 LEVELS = ("token", "sequence")
 BUDGET_FEATURES = (None, "linear", "log")
 PROMPT_POOLINGS = ("last", "mean")
-CONTEXT_FEATURES = ("hidden_state", "entropy")
+CONTEXT_FEATURES = ("hidden_state", "entropy", "hidden_state+stats")
+NUM_TOKEN_STATISTICS = 2  # "hidden_state+stats": the next-token entropy and max probability after the hidden state
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,9 @@ class AdaptiveDecodingConfig:
             The policy samples from `softmax(logits / policy_temperature)` (Algorithms 1 and 2).
         context_features (`str`, defaults to `"hidden_state"`):
             What the policy sees of the context: the language model's final hidden state (`"hidden_state"`), or, token
-            level only, just the entropy of the next-token distribution (`"entropy"`, the ablation of Section 4).
+            level only, just the entropy of the next-token distribution (`"entropy"`, the ablation of Section 4), or
+            the hidden state followed by that entropy (nats) and the next-token max probability
+            (`"hidden_state+stats"`; the hidden state is normalised, the two statistics are not).
     """
 
     actions: list[DecodingAction] = field(default_factory=list)
@@ -242,7 +245,7 @@ class AdaptiveDecodingConfig:
     budget_scale: float | None = None
     prompt_pooling: Literal["last", "mean"] = "last"
     policy_temperature: float = 1.0
-    context_features: Literal["hidden_state", "entropy"] = "hidden_state"
+    context_features: Literal["hidden_state", "entropy", "hidden_state+stats"] = "hidden_state"
 
     def __post_init__(self):
         if isinstance(self.actions, (str, bytes)) or not isinstance(self.actions, Iterable):
@@ -286,10 +289,11 @@ class AdaptiveDecodingConfig:
                 f"AdaptiveDecodingConfig.context_features must be one of {CONTEXT_FEATURES}, got "
                 f"{self.context_features!r}."
             )
-        if self.context_features == "entropy" and self.level != "token":
+        if self.context_features != "hidden_state" and self.level != "token":
             raise ValueError(
-                "AdaptiveDecodingConfig.context_features='entropy' is a token-level feature (the entropy of each "
-                f"step's next-token distribution); level is {self.level!r}. Use context_features='hidden_state'."
+                f"AdaptiveDecodingConfig.context_features={self.context_features!r} is a token-level feature (read "
+                f"from each step's next-token distribution); level is {self.level!r}. Use "
+                "context_features='hidden_state'."
             )
 
     @property

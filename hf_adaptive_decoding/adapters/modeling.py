@@ -16,7 +16,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from ..generation.noise import choose_actions
-from .configuration import AdaptiveDecodingConfig
+from .configuration import NUM_TOKEN_STATISTICS, AdaptiveDecodingConfig
 
 
 class IncompatibleBaseModelError(ValueError):
@@ -152,9 +152,12 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
         self.policy_temperature = decoding.policy_temperature
         self.context_features = decoding.context_features
         act = ACT2FN[config.hidden_act]
-        # An entropy-only adapter sees one number per step: a LayerNorm over one feature would make it 0.
-        normalize = config.normalize_features and self.context_size > 1
-        self.feature_norm = nn.LayerNorm(self.context_size) if normalize else nn.Identity()
+        # An entropy-only adapter sees one number per step: a LayerNorm over one feature would make it 0. The
+        # next-token statistics after a hidden state keep their own scale (nats, a probability).
+        self.num_statistics = NUM_TOKEN_STATISTICS if self.context_features == "hidden_state+stats" else 0
+        normalized_size = self.context_size - self.num_statistics
+        normalize = config.normalize_features and normalized_size > 1
+        self.feature_norm = nn.LayerNorm(normalized_size) if normalize else nn.Identity()
         in_features = self.context_size
         if self.budget_feature is not None:
             self.budget_encoder = nn.Sequential(
@@ -178,8 +181,12 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
 
     @property
     def context_size(self) -> int:
-        """Width of the context features: the base model's hidden size, or 1 for an entropy-only adapter."""
-        return 1 if self.context_features == "entropy" else self.config.base_model_hidden_size
+        """Width of the context features: the base model's hidden size, 1 for an entropy-only adapter, the hidden
+        size plus the next-token statistics for `"hidden_state+stats"`."""
+        if self.context_features == "entropy":
+            return 1
+        extra = NUM_TOKEN_STATISTICS if self.context_features == "hidden_state+stats" else 0
+        return self.config.base_model_hidden_size + extra
 
     def encode_budget(self, budget: torch.Tensor) -> torch.Tensor:
         """Map raw budgets (remaining tokens or parallel samples, shape `(batch,)`) to the scalar budget feature."""
@@ -203,12 +210,20 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
                 adapter was configured with a `budget_feature`.
         """
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.context_size:
-            what = "the next-token entropy" if self.context_features == "entropy" else "the base model's hidden size"
+            what = {
+                "entropy": "the next-token entropy",
+                "hidden_state+stats": "the base model's hidden size, then the next-token entropy and max probability",
+            }.get(self.context_features, "the base model's hidden size")
             raise ValueError(
                 f"hidden_states must have shape (batch, {self.context_size}), {what}; got "
                 f"{tuple(hidden_states.shape)}."
             )
-        features = self.feature_norm(hidden_states.to(device=self.device, dtype=self.dtype))
+        features = hidden_states.to(device=self.device, dtype=self.dtype)
+        if self.num_statistics:
+            split = features.shape[-1] - self.num_statistics
+            features = torch.cat([self.feature_norm(features[:, :split]), features[:, split:]], dim=-1)
+        else:
+            features = self.feature_norm(features)
         if self.budget_feature is not None:
             if budget is None:
                 raise ValueError(

@@ -76,15 +76,25 @@ def next_token_entropy(scores: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(dim=-1)
 
 
+def next_token_max_prob(scores: torch.Tensor) -> torch.Tensor:
+    """Largest probability of `softmax(scores)` per row, `(batch,)`, in float32."""
+    scores = scores.float()
+    return (scores.amax(dim=-1) - scores.logsumexp(dim=-1)).exp()
+
+
 def token_context(
-    context_features: Literal["hidden_state", "entropy"],
+    context_features: Literal["hidden_state", "entropy", "hidden_state+stats"],
     hidden: torch.Tensor,
     scores: torch.Tensor,
     entropy: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """What a token-level policy sees of the current step: the final hidden state `(batch, hidden)`, or the
-    next-token entropy as `(batch, 1)` (`entropy`, when already computed). Both come from the forward pass generation
-    already ran."""
+    """What a token-level policy sees of the current step: the final hidden state `(batch, hidden)`, the next-token
+    entropy as `(batch, 1)` (`entropy`, when already computed), or the hidden state followed by the entropy and the
+    max probability `(batch, hidden + 2)`. All come from the forward pass generation already ran."""
+    if context_features == "hidden_state":
+        return hidden
+    entropy = next_token_entropy(scores) if entropy is None else entropy
     if context_features == "entropy":
-        return (next_token_entropy(scores) if entropy is None else entropy)[:, None]
-    return hidden
+        return entropy[:, None]
+    statistics = torch.stack([entropy, next_token_max_prob(scores)], dim=-1).to(hidden.dtype)
+    return torch.cat([hidden, statistics], dim=-1)

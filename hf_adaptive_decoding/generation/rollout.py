@@ -11,7 +11,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from ..adapters.modeling import DecodingAdapterModel
 from .decision import DecisionStep, token_ids
-from .features import HiddenStateCapture, next_token_entropy
+from .features import HiddenStateCapture, next_token_entropy, next_token_max_prob
 from .noise import TOKEN_STREAM, derive_keys, keyed_uniforms, random_keys, sample_from_logits
 from .policies import DecodingPolicy
 
@@ -217,7 +217,7 @@ class _Rollout:
             entropy = next_token_entropy(scores)  # recorded, and the context of entropy-only adapters
             context = self.decision.token_context(self.hidden, scores, entropy)
             self.row_actions, probs = self.decision.token_actions(context, remaining, self.row_keys, step)
-            max_probs = (scores.amax(-1) - scores.logsumexp(-1)).exp()
+            max_probs = next_token_max_prob(scores)
             self._record(context, remaining, self.row_actions, probs, self.active, max_probs, entropy)
         if self.logits_processor is not None:
             scores = self.logits_processor(scores)

@@ -172,11 +172,13 @@ def test_entropy_features_are_refused_at_sequence_level():
     # Also when the level is overridden to sequence for a token preset.
     with pytest.raises(ValueError, match="token-level feature"):
         AdaptiveDecodingConfig.from_preset("math-token", level="sequence", context_features="entropy")
+    with pytest.raises(ValueError, match=r"context_features='hidden_state\+stats' is a token-level feature"):
+        AdaptiveDecodingConfig.from_preset("math-seq", context_features="hidden_state+stats")
 
 
 @pytest.mark.parametrize("value", ["logits", "Entropy", None])
 def test_unknown_context_features_are_refused(value):
     with pytest.raises(ValueError) as error:
         AdaptiveDecodingConfig(actions=[{"temperature": 1.0}], context_features=value)
-    assert "context_features must be one of ('hidden_state', 'entropy')" in str(error.value)
+    assert "context_features must be one of ('hidden_state', 'entropy', 'hidden_state+stats')" in str(error.value)
     assert repr(value) in str(error.value)

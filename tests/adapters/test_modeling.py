@@ -173,6 +173,20 @@ def test_entropy_adapter_refuses_hidden_states(llama):
         adapter(torch.randn(3), budget=torch.tensor(3))
 
 
+def test_stats_adapter_normalises_the_hidden_state_but_not_the_statistics(llama):
+    config = AdaptiveDecodingConfig.from_preset("math-token", context_features="hidden_state+stats")
+    adapter = AutoDecodingAdapter.for_model(llama, config, budget_hidden_size=8).eval()
+    assert adapter.context_size == 32 + 2 and adapter.mlp[0].in_features == 34 + 8
+    assert adapter.feature_norm.normalized_shape == (32,)
+    torch.nn.init.normal_(adapter.output_layer.weight)
+    hidden = torch.randn(1, 32).expand(2, 32)
+    statistics = torch.tensor([[0.1, 0.9], [3.0, 0.1]])  # the same hidden state, another next-token distribution
+    logits = adapter(torch.cat([hidden, statistics], dim=-1), budget=torch.tensor(7)).logits
+    assert not torch.allclose(logits[0], logits[1])
+    with pytest.raises(ValueError, match=r"\(batch, 34\), the base model's hidden size, then the next-token entropy"):
+        adapter(torch.randn(2, 32), budget=torch.tensor(3))
+
+
 def test_entropy_adapter_save_and_load_keeps_context_features(llama, tmp_path):
     adapter = _entropy_adapter(llama).eval()
     torch.nn.init.normal_(adapter.output_layer.weight)

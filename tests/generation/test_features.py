@@ -84,3 +84,13 @@ def test_token_context_is_the_hidden_state_or_the_entropy_column():
     torch.testing.assert_close(context[:, 0], next_token_entropy(scores))
     uniform = token_context("entropy", hidden, torch.zeros(2, 20))
     torch.testing.assert_close(uniform, torch.full((2, 1), math.log(20)))
+
+
+def test_token_context_with_stats_appends_the_entropy_and_the_max_probability():
+    from hf_adaptive_decoding.generation.features import next_token_entropy, token_context
+
+    hidden, scores = torch.randn(3, 8), torch.randn(3, 20)
+    context = token_context("hidden_state+stats", hidden, scores)
+    assert context.shape == (3, 10) and torch.equal(context[:, :8], hidden)
+    torch.testing.assert_close(context[:, 8], next_token_entropy(scores))
+    torch.testing.assert_close(context[:, 9], scores.softmax(-1).amax(-1))

@@ -278,6 +278,19 @@ def test_entropy_adapter_rollouts_record_the_entropy_as_its_feature(llama):
     torch.testing.assert_close(adapter(batch.features, batch.budgets).logits.softmax(-1), batch.action_probs)
 
 
+def test_stats_adapter_rollouts_see_the_hidden_state_then_entropy_and_max_prob(llama):
+    config = AdaptiveDecodingConfig(actions=TOKEN_ACTIONS, level="token", context_features="hidden_state+stats")
+    adapter = AutoDecodingAdapter.for_model(llama, config).eval()
+    torch.nn.init.normal_(adapter.output_layer.weight)
+    inputs = left_padded_batch()
+    torch.manual_seed(0)
+    batch = _rollout(llama, adapter, inputs, [2, 1, 1], [5, 5, 5])
+    assert batch.features.shape == (len(batch.actions), llama.config.hidden_size + 2)
+    torch.testing.assert_close(batch.features[:, -2], batch.entropies)
+    torch.testing.assert_close(batch.features[:, -1], batch.max_probs)
+    torch.testing.assert_close(adapter(batch.features, batch.budgets).logits.softmax(-1), batch.action_probs)
+
+
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_constant_policy_rollouts(llama, level):
     """A static greedy ConstantPolicy is plain greedy decoding at both levels; a mixed one records a uniform
