@@ -144,6 +144,9 @@ def main() -> None:
         summary_path.write_text(json.dumps(summary_json(summary, adapters), indent=2))
     if families is not None:
         summary["by_family"] = by_family(summary, families)
+        if "level" in test.column_names:
+            labels = [f"{family} L{level}" for family, level in zip(families, test["level"], strict=True)]
+            summary["by_family_and_level"] = by_family(summary, labels)
     details = {key: summary.pop(key) for key in ("lengths", "token_entropy")}
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (output_dir / "details.json").write_text(json.dumps(details))
@@ -160,9 +163,10 @@ def main() -> None:
         sections.append(f"## {title.strip()}\n\n{results_table(summary, names)}")
     for budget in sorted(args.token_budgets)[:-1]:
         sections.append(f"## All decoders, token budget {budget}\n\n{results_table(summary, token_budget=budget)}")
-    for k in sorted({min(args.ks), max(args.ks)}) if "by_family" in summary else []:
-        title = f"## Pass@{k} by task family (token budget {max(args.token_budgets)})"
-        sections.append(f"{title}\n\n{family_table(summary['by_family'], max(args.token_budgets), k)}")
+    for key, what in (("by_family", "task family"), ("by_family_and_level", "task family and level")):
+        for k in sorted({min(args.ks), max(args.ks)}) if key in summary else []:
+            title = f"## Pass@{k} by {what} (token budget {max(args.token_budgets)})"
+            sections.append(f"{title}\n\n{family_table(summary[key], max(args.token_budgets), k)}")
     descriptions = "\n".join(f"- **{name}**: {d['description']}" for name, d in summary["decoders"].items())
     sections.append(f"## Decoders\n\n{descriptions}")
     (output_dir / "results.md").write_text("\n\n".join(sections) + "\n")

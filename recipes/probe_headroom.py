@@ -1,0 +1,106 @@
+"""How much of the headroom over BEST@k a prompt-level choice can reach from the model's hidden state (issue 17).
+
+    python recipes/probe_headroom.py --config recipes/configs/survey_tasks.yaml \\
+        --results outputs/survey_tasks/results.json --probe_candidates greedy T0.5 T1
+
+Reads an evaluation's per-problem Pass@k of the candidate decoders (`recipes/evaluate.py` wrote it; the same
+`--config` rebuilds its problems), computes each prompt's final hidden state at its last token (what a
+sequence-level adapter sees), and compares, out of fold (k-fold cross-validation over problems), for each k:
+BEST@k (the best candidate on the other folds), family-best (the best candidate of the problem's task family on the
+other folds), a probe (a linear softmax policy on the hidden states' top principal directions, trained on the other
+folds' measured rewards of every candidate) and the oracle (the best candidate on the problem itself). Differences
+are paired by problem with 95% intervals. Written to `output_dir/probe.json` and `probe.md`.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from _training import ScriptArguments, load_data
+from evaluate import EvaluationArguments
+from trl import TrlParser
+
+from hf_adaptive_decoding import load_default_model
+from hf_adaptive_decoding.evaluation.comparison import half_width
+from hf_adaptive_decoding.evaluation.probe import (
+    cross_validated_choices,
+    cross_validated_static_choices,
+    prompt_features,
+)
+
+
+@dataclass
+class ProbeArguments:
+    results: str = field(default="outputs/survey_tasks/results.json", metadata={"help": "evaluate.py's results.json."})
+    probe_candidates: list[str] = field(
+        default_factory=lambda: ["greedy", "T0.5", "T1"], metadata={"help": "Decoders (names) to choose among."}
+    )
+    num_folds: int = field(default=5, metadata={"help": "Folds of the cross-validation over problems."})
+    probe_seed: int = field(default=0, metadata={"help": "Seeds the folds and the probes."})
+    probe_weight_decay: float = field(default=0.1, metadata={"help": "The probe's AdamW weight decay."})
+    probe_components: int | None = field(
+        default=16, metadata={"help": "Principal directions of the hidden states the probe sees (None: all)."}
+    )
+
+
+def main() -> None:
+    data_args, eval_args, args = TrlParser(
+        (ScriptArguments, EvaluationArguments, ProbeArguments)
+    ).parse_args_and_config()
+    results = json.loads(Path(args.results).read_text())
+    data_args = dataclasses.replace(
+        data_args, eval_split=eval_args.split, num_eval_examples=eval_args.num_test_examples
+    )
+    _, dataset = load_data(data_args)
+    if len(dataset) != results["settings"]["num_problems"]:
+        raise ValueError(
+            f"The config rebuilds {len(dataset)} problems but {args.results} has "
+            f"{results['settings']['num_problems']}: pass the --config (and overrides) of that evaluation."
+        )
+    model, tokenizer = load_default_model(data_args.model_name_or_path)
+    features = prompt_features(model, tokenizer, dataset["prompt"], eval_args.instruction, eval_args.system_prompt)
+    families = dataset["family"] if "family" in dataset.column_names else None
+    budget = str(max(results["settings"]["token_budgets"]))
+    rows, lines = [], ["| k | BEST@k | family-best | probe | oracle | probe - BEST@k | probe - family-best |"]
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
+    for k in results["settings"]["ks"]:
+        per_problem = results["per_problem"]
+        rewards = torch.tensor([per_problem[name][budget][str(k)] for name in args.probe_candidates]).T.double()
+        picked = {
+            "BEST@k": cross_validated_static_choices(rewards, None, args.num_folds, args.probe_seed),
+            "family-best": cross_validated_static_choices(rewards, families, args.num_folds, args.probe_seed),
+            "probe": cross_validated_choices(
+                features, rewards, args.num_folds, args.probe_seed, args.probe_weight_decay, 300, args.probe_components
+            ),
+        }
+        scores = {name: rewards.gather(1, choice[:, None])[:, 0] for name, choice in picked.items()}
+        scores["oracle"] = rewards.max(dim=1).values
+        row = {"k": k, **{name: 100 * float(values.mean()) for name, values in scores.items()}}
+        for reference in ("BEST@k", "family-best"):
+            difference = 100 * (scores["probe"] - scores[reference])
+            row[f"probe - {reference}"] = {"delta": float(difference.mean()), "ci95": half_width(difference)}
+        row["probe_choices"] = torch.bincount(picked["probe"], minlength=len(args.probe_candidates)).tolist()
+        rows.append(row)
+        deltas = [row[f"probe - {ref}"] for ref in ("BEST@k", "family-best")]
+        lines.append(
+            f"| {k} | "
+            + " | ".join(f"{row[name]:.1f}" for name in ("BEST@k", "family-best", "probe", "oracle"))
+            + " | "
+            + " | ".join(f"{d['delta']:+.1f} ± {d['ci95']:.1f}" for d in deltas)
+            + " |"
+        )
+    output_dir = Path(eval_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"{len(dataset)} {eval_args.split} problems, candidates {args.probe_candidates}, {args.num_folds}-fold "
+        f"cross-validation; Pass@k in %, differences paired by problem with 95% intervals."
+    )
+    (output_dir / "probe.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+    (output_dir / "probe.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
+    print(header + "\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
