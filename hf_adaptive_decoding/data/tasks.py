@@ -155,6 +155,11 @@ FAMILIES: dict[str, Callable[[random.Random, int], Problem]] = {
 }
 # What `families=None` draws (and what the default model and shipped adapters were trained on).
 DEFAULT_FAMILIES = ("addition", "subtraction", "multiplication", "division", "word_problem")
+# The suite of issue 17, chosen by the default model's solve rates alone (recipes/results/experiments.md, S1): the
+# families to train and select on, and two held out (never trained or selected on) to check generalisation.
+# next_in_sequence and two_step_word_problem need more than 48 tokens from the default model.
+SUITE_FAMILIES = DEFAULT_FAMILIES + ("order_of_operations", "percent")
+HELDOUT_FAMILIES = ("remainder", "unit_conversion")
 
 
 def _split_of(key: str) -> str:

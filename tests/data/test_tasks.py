@@ -2,7 +2,13 @@ import re
 
 import pytest
 
-from hf_adaptive_decoding.data.tasks import DEFAULT_FAMILIES, FAMILIES, arithmetic_dataset
+from hf_adaptive_decoding.data.tasks import (
+    DEFAULT_FAMILIES,
+    FAMILIES,
+    HELDOUT_FAMILIES,
+    SUITE_FAMILIES,
+    arithmetic_dataset,
+)
 
 
 def solve(question: str) -> int:
@@ -46,6 +52,11 @@ def test_every_family_at_every_level_has_the_right_answers(family):
     assert sorted(set(dataset["level"])) == [1, 2, 3] and len(set(dataset["key"])) == 60
     for row in dataset:
         assert int(row["answer"]) == solve_any(row["prompt"][0]["content"]), row
+
+
+def test_the_held_out_families_are_apart_from_the_suite():
+    assert set(SUITE_FAMILIES) | set(HELDOUT_FAMILIES) < set(FAMILIES)
+    assert not set(SUITE_FAMILIES) & set(HELDOUT_FAMILIES)
 
 
 def test_the_default_families_are_the_original_five():
