@@ -24,7 +24,13 @@ from transformers import set_seed
 from trl import TrlParser
 
 from hf_adaptive_decoding import DecodingAdapterModel, load_default_model
-from hf_adaptive_decoding.evaluation.comparison import add_baselines, by_family, choose_baselines, summary_json
+from hf_adaptive_decoding.evaluation.comparison import (
+    BASELINE_NAMES,
+    add_baselines,
+    by_family,
+    choose_baselines,
+    summary_json,
+)
 from hf_adaptive_decoding.evaluation.evaluate import Decoder, evaluate_decoders
 from hf_adaptive_decoding.evaluation.report import family_table, plot_evaluation, results_table
 
@@ -96,9 +102,23 @@ def _decoders(args: EvaluationArguments) -> tuple[list[Decoder], list[str], dict
     baselines = json.loads(Path(args.baselines).read_text()) if args.baselines else None
     candidate_specs = baselines["candidate_specs"] if baselines else args.candidates
     decoders = [Decoder.from_spec(spec) for spec in args.decoders]
-    names = {decoder.name for decoder in decoders}
+    described = {decoder.name: decoder.description for decoder in decoders}
     candidates = [Decoder.from_spec(spec) for spec in candidate_specs]
-    decoders += [candidate for candidate in candidates if candidate.name not in names]
+    for candidate in candidates:
+        if described.get(candidate.name, candidate.description) != candidate.description:
+            raise ValueError(
+                f"Decoder {candidate.name!r} is {described[candidate.name]!r} in --decoders but the candidate of that "
+                f"name is {candidate.description!r}: one name, one decoder."
+            )
+    decoders += [candidate for candidate in candidates if candidate.name not in described]
+    names = [decoder.name for decoder in decoders]
+    if baselines:
+        clash = [name for name in names if name in BASELINE_NAMES]
+        if clash:
+            raise ValueError(f"Decoders named {clash} clash with the baselines --baselines adds: {BASELINE_NAMES}.")
+    allowed = names + (list(BASELINE_NAMES) if baselines else [])
+    if args.reference is not None and args.reference not in allowed:
+        raise ValueError(f"--reference {args.reference!r} is not one of the decoders {allowed}.")
     return decoders, [candidate.name for candidate in candidates], baselines
 
 
@@ -134,7 +154,7 @@ def main() -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.write_baselines:
         chosen = choose_baselines(summary, candidates, families)
-        chosen["candidate_specs"] = args.candidates
+        chosen["candidate_specs"], chosen["split"] = args.candidates, args.split
         Path(args.write_baselines).write_text(json.dumps(chosen, indent=2))
         print(f"Baselines chosen on {len(test)} {args.split} problems: {args.write_baselines}")
     if baselines:

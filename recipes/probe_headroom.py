@@ -24,6 +24,7 @@ from trl import TrlParser
 
 from hf_adaptive_decoding import load_default_model
 from hf_adaptive_decoding.evaluation.comparison import half_width
+from hf_adaptive_decoding.evaluation.evaluate import dataset_fingerprint
 from hf_adaptive_decoding.evaluation.probe import (
     cross_validated_choices,
     cross_validated_static_choices,
@@ -54,11 +55,15 @@ def main() -> None:
         data_args, eval_split=eval_args.split, num_eval_examples=eval_args.num_test_examples
     )
     _, dataset = load_data(data_args)
-    if len(dataset) != results["settings"]["num_problems"]:
+    if dataset_fingerprint(dataset.to_list()) != results["settings"]["dataset_fingerprint"]:
         raise ValueError(
-            f"The config rebuilds {len(dataset)} problems but {args.results} has "
-            f"{results['settings']['num_problems']}: pass the --config (and overrides) of that evaluation."
+            f"The config rebuilds other problems ({len(dataset)}) than {args.results} evaluated "
+            f"({results['settings']['num_problems']}): pass the --config (and overrides) of that evaluation."
         )
+    prompting = {"instruction": eval_args.instruction, "system_prompt": eval_args.system_prompt}
+    evaluated = {key: results["settings"].get(key) for key in prompting}
+    if prompting != evaluated:
+        raise ValueError(f"The prompts were evaluated with {evaluated}, not {prompting}.")
     model, tokenizer = load_default_model(data_args.model_name_or_path)
     features = prompt_features(model, tokenizer, dataset["prompt"], eval_args.instruction, eval_args.system_prompt)
     families = dataset["family"] if "family" in dataset.column_names else None
@@ -80,7 +85,8 @@ def main() -> None:
         row = {"k": k, **{name: 100 * float(values.mean()) for name, values in scores.items()}}
         for reference in ("BEST@k", "family-best"):
             difference = 100 * (scores["probe"] - scores[reference])
-            row[f"probe - {reference}"] = {"delta": float(difference.mean()), "ci95": half_width(difference)}
+            delta, width = float(difference.mean()), half_width(difference)
+            row[f"probe - {reference}"] = {"delta": delta, "ci95": [delta - width, delta + width]}
         row["probe_choices"] = torch.bincount(picked["probe"], minlength=len(args.probe_candidates)).tolist()
         rows.append(row)
         deltas = [row[f"probe - {ref}"] for ref in ("BEST@k", "family-best")]
@@ -88,7 +94,7 @@ def main() -> None:
             f"| {k} | "
             + " | ".join(f"{row[name]:.1f}" for name in ("BEST@k", "family-best", "probe", "oracle"))
             + " | "
-            + " | ".join(f"{d['delta']:+.1f} ± {d['ci95']:.1f}" for d in deltas)
+            + " | ".join(f"{d['delta']:+.1f} ± {(d['ci95'][1] - d['ci95'][0]) / 2:.1f}" for d in deltas)
             + " |"
         )
     output_dir = Path(eval_args.output_dir)

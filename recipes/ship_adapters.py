@@ -109,10 +109,12 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
             table = results_table(sweep, sweep_columns, token_budget=sweep_budget)
             seeds = ", ".join(str(seed) for seed in sweep["settings"]["seeds"])
             tables.append(f"Token budget {sweep_budget}, seed {seeds}:\n\n{table}")
-    context = (
-        "the next-token entropy (one number)"
-        if decoding.get("context_features") == "entropy"
-        else ("the final hidden state at each step" if level == "token" else "the prompt's last hidden state")
+    context = {
+        "entropy": "the next-token entropy (one number)",
+        "hidden_state+stats": "the final hidden state, the next-token entropy and max probability at each step",
+    }.get(
+        decoding.get("context_features"),
+        "the final hidden state at each step" if level == "token" else "the prompt's last hidden state",
     )
     text = TEMPLATE.read_text().format(
         name=name,

@@ -355,3 +355,31 @@ def test_evaluate_recipe_chooses_baselines_on_validation_and_compares_an_adapter
     assert {"ours", "greedy", "T1", "BEST", "BEST@k", "family-best", "oracle"} == set(results["decoders"])
     assert results["settings"]["reference"] == "BEST"
     assert "Pass@1 by task family" in (tmp_path / "test" / "results.md").read_text()
+
+
+def _evaluate_recipe(monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    spec = importlib.util.spec_from_file_location("evaluate_recipe", ROOT / "recipes" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_recipe_refuses_a_candidate_name_given_to_another_decoder(monkeypatch, tmp_path):
+    recipe = _evaluate_recipe(monkeypatch)
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"candidate_specs": ["T1=static:T=1"]}))
+    args = recipe.EvaluationArguments(decoders=["T1=static:T=0.3"], baselines=str(baselines))
+    with pytest.raises(ValueError, match="'T1' is 'static T=0.3' in --decoders but the candidate of that name"):
+        recipe._decoders(args)
+    args = recipe.EvaluationArguments(decoders=["BEST=static:greedy"], baselines=str(baselines))
+    with pytest.raises(ValueError, match=r"\['BEST'\] clash with the baselines"):
+        recipe._decoders(args)
+    args = recipe.EvaluationArguments(decoders=["greedy=static:greedy"], reference="nope")
+    with pytest.raises(ValueError, match="--reference 'nope' is not one of the decoders"):
+        recipe._decoders(args)
+    args = recipe.EvaluationArguments(decoders=["greedy=static:greedy"], baselines=str(baselines), reference="BEST@k")
+    decoders, candidates, _ = recipe._decoders(args)
+    assert [d.name for d in decoders] == ["greedy", "T1"] and candidates == ["T1"]

@@ -21,8 +21,9 @@ def _digits(rng: random.Random, digits: int) -> int:
     return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
-# Operand ranges per level; every (family, level) has several hundred distinct problems, so that each split has
-# enough of them. Difficulty grows with the level (more digits, larger factors, negative results).
+# Operand ranges per level. Some cells are small (multiplication and division at level 1: 312 distinct problems,
+# about 30 per 10% split), so a large split over few families and levels can run out: the error says so.
+# Difficulty grows with the level (more digits, larger factors, negative results).
 def _addition(rng: random.Random, level: int) -> Problem:
     a, b = {1: (_digits(rng, 1), _digits(rng, 2)), 2: (_digits(rng, 2), _digits(rng, 2))}.get(
         level, (_digits(rng, 3), _digits(rng, 3))

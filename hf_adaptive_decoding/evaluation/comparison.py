@@ -64,6 +64,11 @@ def set_reference(summary: dict[str, Any], reference: str | None) -> None:
         entry["delta"], entry["delta_ci95"] = paired["delta"], (paired["ci95"][1] - paired["ci95"][0]) / 2
 
 
+def _points(value: float) -> float | None:
+    """A fraction as percentage points, rounded; `None` (JSON null) for NaN, as a one-problem interval is."""
+    return None if math.isnan(value) else round(100 * value, 2)
+
+
 def _argmax(scores: dict[str, float]) -> str:
     """The best-scoring name; ties go to the first in order (the candidates' order), so the choice is reproducible."""
     return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
@@ -123,6 +128,7 @@ def choose_baselines(
     return {
         "candidates": candidates,
         "ks": ks,
+        "dataset_fingerprint": settings.get("dataset_fingerprint"),
         "num_problems": settings["num_problems"],
         "num_samples": settings["num_samples"],
         "token_budgets": chosen,
@@ -209,6 +215,11 @@ def add_baselines(
                     }
                 )
     summary["baselines"] = baselines
+    # Chosen and scored on the same problems: the baselines' figures are in-sample, flattered by the choice.
+    chosen_on = baselines.get("dataset_fingerprint")
+    summary["settings"]["baselines_in_sample"] = chosen_on is not None and chosen_on == settings.get(
+        "dataset_fingerprint"
+    )
     set_reference(summary, reference)
     return summary
 
@@ -238,8 +249,8 @@ def comparisons(
                             "reference": reference,
                             "k": k,
                             "token_budget": budget,
-                            "delta": round(100 * paired["delta"], 2),
-                            "ci95": [round(100 * bound, 2) for bound in paired["ci95"]],
+                            "delta": _points(paired["delta"]),
+                            "ci95": [_points(bound) for bound in paired["ci95"]],
                         }
                     )
     return rows
@@ -277,6 +288,7 @@ def summary_json(summary: dict[str, Any], decoders: Sequence[str]) -> dict[str, 
     `headroom` (see [`headroom`])."""
     return {
         "num_test_problems": summary["settings"]["num_problems"],
+        "baselines_in_sample": summary["settings"].get("baselines_in_sample", False),
         "num_samples": summary["settings"]["num_samples"],
         "seeds": summary["settings"]["seeds"],
         "comparisons": comparisons(summary, decoders),

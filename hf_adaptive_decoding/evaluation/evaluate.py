@@ -214,7 +214,7 @@ def evaluate_decoders(
         "rewards": [reward_function_name(func) for func in reward_funcs],
         "max_recorded_tokens": max_recorded_tokens,
         "sampling": SAMPLING,
-        "dataset_fingerprint": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12],
+        "dataset_fingerprint": dataset_fingerprint(rows),
     }
     options = {
         "num_samples": num_samples,
@@ -234,6 +234,11 @@ def evaluate_decoders(
     run = functools.partial(_run_unit, model, tokenizer, rows=rows, reward_funcs=reward_funcs, options=options)
     outcomes = _run_units(units, run, settings, cache_dir, len(rows), disable_tqdm)
     return _summarise(decoders, outcomes, settings, reference, success_threshold)
+
+
+def dataset_fingerprint(rows: list[dict[str, Any]]) -> str:
+    """A short hash of the problems (rows, in order): what tells two evaluations on the same problems apart."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _check_evaluation(decoders, dataset, ks, num_samples, reference) -> None:

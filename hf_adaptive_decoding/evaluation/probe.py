@@ -111,6 +111,8 @@ def cross_validated_static_choices(
 ) -> torch.LongTensor:
     """The same folds' static baseline: for every problem, the candidate with the best mean reward on the other folds
     (among the problems of its own group, e.g. its task family, when `groups` is given and the group is there)."""
+    if not 2 <= num_folds <= len(rewards):
+        raise ValueError(f"num_folds must be in [2, {len(rewards)}] (the number of problems), got {num_folds}.")
     generator = torch.Generator().manual_seed(seed)
     fold = torch.randperm(len(rewards), generator=generator) % num_folds
     labels = list(groups) if groups is not None else [""] * len(rewards)

@@ -96,5 +96,6 @@ def token_context(
     entropy = next_token_entropy(scores) if entropy is None else entropy
     if context_features == "entropy":
         return entropy[:, None]
-    statistics = torch.stack([entropy, next_token_max_prob(scores)], dim=-1).to(hidden.dtype)
-    return torch.cat([hidden, statistics], dim=-1)
+    # In float32: bf16 would round a max probability of 0.999 to 1.
+    statistics = torch.stack([entropy.float(), next_token_max_prob(scores)], dim=-1)
+    return torch.cat([hidden.float(), statistics], dim=-1)

@@ -219,6 +219,7 @@ class DraftTrainer(BaseAdapterTrainer):
     tracker_project_name = "hf_adaptive_decoding_draft"
     progress_description = "Training draft adapter"
     metric_for_best_model = "eval_speedup"
+    optional_resumed_state = BaseAdapterTrainer.optional_resumed_state + ("best_eval_speedup",)
 
     def __init__(
         self,
@@ -297,6 +298,8 @@ class DraftTrainer(BaseAdapterTrainer):
 
     def _before_loop(self) -> None:
         """Trace the prompts, fit (or read) the cost model and, in a fresh run, warm start and validate at step 0."""
+        if "best_eval_speedup" in self.state:  # a checkpoint written before the best-model code moved to the base
+            self.state.setdefault("best_metric", self.state.pop("best_eval_speedup"))
         self.train_traces = self._traces(self.train_prompts, "train")
         self.eval_traces = self._traces(self.eval_prompts, "eval")
         self.cost_model = self._cost_model()

@@ -199,11 +199,11 @@ class BaseAdapterTrainer:
 
     def _keep_if_best(self, step: int, results: dict[str, Any]) -> None:
         """Record `step` as the best so far when its `metric_for_best_model` beats every earlier validation (ties
-        keep the earlier step), and keep a copy of the adapter in `best-<step>/`."""
+        keep the earlier step), and with `load_best_model_at_end` keep a copy of the adapter in `best-<step>/`."""
         value = results[self.metric_for_best_model]
         if value > self.state.get("best_metric", float("-inf")):
             self.state.update(best_metric=value, best_step=step)
-            if self.accelerator.is_main_process:
+            if getattr(self.args, "load_best_model_at_end", False) and self.accelerator.is_main_process:
                 # Before the checkpoint that records it, and kept after the run: a resumed or extended run may
                 # still end on it. (A few copies of a small adapter.)
                 self.unwrapped_adapter.save_pretrained(self.output_dir / f"best-{step}")

@@ -377,14 +377,16 @@ class AdapterTrainer(BaseAdapterTrainer):
     def _finish(self) -> dict[str, Any]:
         """Save the final adapter with its model card next to the checkpoints and push it when asked; returns the
         final metrics (the last logged value of each)."""
-        evaluation, best = None, self._best_adapter()
+        # Only the main process saves: it alone reads the best copy (which it wrote).
+        evaluation, best = None, self._best_adapter() if self.accelerator.is_main_process else None
+        use_best = self.args.load_best_model_at_end and "best_step" in self.state
         if self.eval_dataset is not None:
             last = self._last_eval
             adapter_reward = last if last and last["step"] == self.state["global_step"] else self.evaluate()
-            if best is not None:
+            if use_best:
                 adapter_reward = {"eval_reward": self.state["best_metric"]}
             evaluation = {"adapter": adapter_reward["eval_reward"], "static": self.evaluate_static_actions()}
-            if best is not None:
+            if use_best:
                 evaluation["best_step"] = self.state["best_step"]
         if self.accelerator.is_main_process:
             self._save_final_adapter(evaluation, best)

@@ -211,3 +211,19 @@ def test_by_family_averages_each_familys_problems():
     assert table["division"]["hot"][str(BUDGET)]["8"] == 1.0 and table["addition"]["greedy"][str(BUDGET)]["1"] == 1.0
     with pytest.raises(ValueError, match="2 families for 3 problems"):
         by_family(TEST, TEST_FAMILIES[:2])
+
+
+def test_summary_json_says_when_the_baselines_were_chosen_on_the_same_problems(scored):
+    assert summary_json(scored, ["ours"])["baselines_in_sample"] is False  # the fixtures carry no fingerprints
+    same = copy.deepcopy(TEST)
+    same["settings"]["dataset_fingerprint"] = "abc"
+    baselines = choose_baselines(VALIDATION, ["greedy", "T=1", "hot"])
+    baselines["dataset_fingerprint"] = "abc"
+    assert summary_json(add_baselines(same, baselines), ["ours"])["baselines_in_sample"] is True
+
+
+def test_a_one_problem_interval_is_null_in_json():
+    summary = make_summary({"a": {1: [1.0]}, "b": {1: [0.0]}})
+    (row,) = comparisons(summary, ["a"], references=["b"])
+    assert row["delta"] == 100.0 and row["ci95"] == [None, None]
+    json.dumps(row, allow_nan=False)

@@ -385,3 +385,10 @@ def test_load_best_model_at_end_keeps_the_best_validated_adapter(tmp_path):
 def test_load_best_model_at_end_needs_validations():
     with pytest.raises(ValueError, match="load_best_model_at_end must be False when eval_steps is None"):
         AdapterTrainerConfig(output_dir="x", eval_steps=None, load_best_model_at_end=True)
+
+
+def test_without_load_best_model_at_end_no_best_copies_are_written(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, eval_steps=1, plot=False)
+    trainer.train()
+    assert not list((tmp_path / "run").glob("best-*"))
+    assert "best_step" not in json.loads((tmp_path / "run" / "eval_results.json").read_text())
