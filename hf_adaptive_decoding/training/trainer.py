@@ -382,9 +382,10 @@ class AdapterTrainer(BaseAdapterTrainer):
         use_best = self.args.load_best_model_at_end and "best_step" in self.state
         if self.eval_dataset is not None:
             last = self._last_eval
-            adapter_reward = last if last and last["step"] == self.state["global_step"] else self.evaluate()
-            if use_best:
+            if use_best:  # the same decision on every process, so evaluate() below stays collective
                 adapter_reward = {"eval_reward": self.state["best_metric"]}
+            else:
+                adapter_reward = last if last and last["step"] == self.state["global_step"] else self.evaluate()
             evaluation = {"adapter": adapter_reward["eval_reward"], "static": self.evaluate_static_actions()}
             if use_best:
                 evaluation["best_step"] = self.state["best_step"]
