@@ -29,6 +29,8 @@ def prompt_features(
 ) -> torch.Tensor:
     """The final (normed) hidden state at each prompt's last token, as a sequence-level adapter with
     `prompt_pooling="last"` sees it: `(len(prompts), hidden_size)` in float32 on the CPU."""
+    if len(prompts) == 0:
+        raise ValueError("prompt_features got no prompts.")
     rows = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -37,6 +39,13 @@ def prompt_features(
             model(**encoded)
         rows.append(capture.last.float().cpu())
     return torch.cat(rows)
+
+
+def _folds(num_problems: int, num_folds: int, seed: int) -> torch.LongTensor:
+    """The fold of every problem, shuffled by `seed`: the same folds for the probe and the static choices."""
+    if not 2 <= num_folds <= num_problems:
+        raise ValueError(f"num_folds must be in [2, {num_problems}] (the number of problems), got {num_folds}.")
+    return torch.randperm(num_problems, generator=torch.Generator().manual_seed(seed)) % num_folds
 
 
 def _fit_policy(
@@ -91,10 +100,7 @@ def cross_validated_choices(
             f"features (problems, hidden) and rewards (problems, candidates) must agree on problems; got "
             f"{tuple(features.shape)} and {tuple(rewards.shape)}."
         )
-    if not 2 <= num_folds <= len(features):
-        raise ValueError(f"num_folds must be in [2, {len(features)}] (the number of problems), got {num_folds}.")
-    generator = torch.Generator().manual_seed(seed)
-    fold = torch.randperm(len(features), generator=generator) % num_folds
+    fold = _folds(len(features), num_folds, seed)
     choices = torch.empty(len(features), dtype=torch.long)
     features, rewards = features.float(), rewards.float()
     for held_out in range(num_folds):
@@ -111,10 +117,7 @@ def cross_validated_static_choices(
 ) -> torch.LongTensor:
     """The same folds' static baseline: for every problem, the candidate with the best mean reward on the other folds
     (among the problems of its own group, e.g. its task family, when `groups` is given and the group is there)."""
-    if not 2 <= num_folds <= len(rewards):
-        raise ValueError(f"num_folds must be in [2, {len(rewards)}] (the number of problems), got {num_folds}.")
-    generator = torch.Generator().manual_seed(seed)
-    fold = torch.randperm(len(rewards), generator=generator) % num_folds
+    fold = _folds(len(rewards), num_folds, seed)
     labels = list(groups) if groups is not None else [""] * len(rewards)
     ids = {label: index for index, label in enumerate(dict.fromkeys(labels))}
     group = torch.tensor([ids[label] for label in labels])

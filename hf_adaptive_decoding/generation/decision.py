@@ -67,10 +67,14 @@ class DecisionStep:
         return self.policy.select_actions(features, budget, self.deterministic, noise=noise)
 
     def token_context(
-        self, hidden: torch.Tensor, scores: torch.Tensor, entropy: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        scores: torch.Tensor,
+        entropy: torch.Tensor | None = None,
+        max_prob: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """What a token-level policy sees of this step (see [`~generation.features.token_context`])."""
-        return token_context(self.policy.context_features, hidden, scores, entropy)
+        return token_context(self.policy.context_features, hidden, scores, entropy, max_prob)
 
     def token_actions(
         self, context: torch.Tensor, remaining: torch.Tensor, keys: torch.Tensor | None, position: int

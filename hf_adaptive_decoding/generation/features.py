@@ -87,15 +87,18 @@ def token_context(
     hidden: torch.Tensor,
     scores: torch.Tensor,
     entropy: torch.Tensor | None = None,
+    max_prob: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What a token-level policy sees of the current step: the final hidden state `(batch, hidden)`, the next-token
-    entropy as `(batch, 1)` (`entropy`, when already computed), or the hidden state followed by the entropy and the
-    max probability `(batch, hidden + 2)`. All come from the forward pass generation already ran."""
+    entropy as `(batch, 1)`, or the hidden state followed by the entropy and the max probability `(batch, hidden + 2)`
+    (`entropy` and `max_prob`, when the caller already has them). All come from the forward pass generation already
+    ran."""
     if context_features == "hidden_state":
         return hidden
     entropy = next_token_entropy(scores) if entropy is None else entropy
     if context_features == "entropy":
         return entropy[:, None]
+    max_prob = next_token_max_prob(scores) if max_prob is None else max_prob
     # In float32: bf16 would round a max probability of 0.999 to 1.
-    statistics = torch.stack([entropy.float(), next_token_max_prob(scores)], dim=-1)
+    statistics = torch.stack([entropy.float(), max_prob.float()], dim=-1)
     return torch.cat([hidden.float(), statistics], dim=-1)

@@ -214,10 +214,10 @@ class _Rollout:
         scores = self.logits.float()
         if self.token_level:
             remaining = self.row_budgets - step
-            entropy = next_token_entropy(scores)  # recorded, and the context of entropy-only adapters
-            context = self.decision.token_context(self.hidden, scores, entropy)
+            # Recorded, and part of the context of entropy and stats adapters: computed once.
+            entropy, max_probs = next_token_entropy(scores), next_token_max_prob(scores)
+            context = self.decision.token_context(self.hidden, scores, entropy, max_probs)
             self.row_actions, probs = self.decision.token_actions(context, remaining, self.row_keys, step)
-            max_probs = next_token_max_prob(scores)
             self._record(context, remaining, self.row_actions, probs, self.active, max_probs, entropy)
         if self.logits_processor is not None:
             scores = self.logits_processor(scores)

@@ -42,3 +42,8 @@ def test_prompt_features_are_the_final_hidden_state_at_the_last_prompt_token(lla
     with torch.no_grad():
         hidden = llama(**encoded, output_hidden_states=True).hidden_states[-1][:, -1]
     torch.testing.assert_close(features, hidden, atol=1e-5, rtol=1e-4)
+
+
+def test_prompt_features_of_no_prompts_is_an_error(llama):
+    with pytest.raises(ValueError, match="got no prompts"):
+        prompt_features(llama, make_char_tokenizer(), [])

@@ -76,3 +76,27 @@ def test_a_pinned_adapter_evaluates_as_the_static_decoder(default_model):
     static, pinned = seen[0], seen[1]
     assert static == pinned
     assert len(set(static)) > 1
+
+
+@pytest.mark.slow
+def test_a_stats_adapter_decides_from_the_default_models_hidden_state_and_next_token_statistics(
+    default_model, math_prompts
+):
+    model, _ = default_model
+    config = AdaptiveDecodingConfig(actions=ACTIONS, level="token", context_features="hidden_state+stats")
+    adapter = AutoDecodingAdapter.for_model(model, config)
+    assert adapter.context_size == model.config.hidden_size + 2
+    with torch.no_grad():  # decisions driven by the statistics alone: the inputs between the hidden state and budget
+        first_layer, budget_width = adapter.mlp[0].weight, adapter.config.budget_hidden_size
+        first_layer.zero_(), adapter.mlp[0].bias.zero_(), adapter.output_layer.bias.zero_()
+        torch.manual_seed(0)
+        first_layer[:, -budget_width - 2 : -budget_width] = 5 * torch.randn(first_layer.shape[0], 2)
+        torch.nn.init.normal_(adapter.output_layer.weight, std=5.0)
+    kwargs = dict(decoding_adapter=adapter, deterministic=True, max_new_tokens=16, return_dict_in_generate=True)
+    torch.manual_seed(0)
+    first = model.generate(**math_prompts, **kwargs)
+    torch.manual_seed(0)
+    second = model.generate(**math_prompts, **kwargs)
+    assert torch.equal(first.sequences, second.sequences)
+    actions = torch.cat([row.flatten() for row in first.decoding_actions])
+    assert len(set(actions.tolist())) > 1  # the next-token statistics move the decision from step to step
