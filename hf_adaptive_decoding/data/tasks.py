@@ -21,19 +21,25 @@ def _digits(rng: random.Random, digits: int) -> int:
     return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
-# Operand ranges per level. Some cells are small (multiplication and division at level 1: 312 distinct problems,
-# about 30 per 10% split), so a large split over few families and levels can run out: the error says so.
-# Difficulty grows with the level (more digits, larger factors, negative results).
+# Operand ranges per level, wide enough that every cell (family, level) at levels 1-2 holds at least 1,300 distinct
+# problems (over 100 per 10% split), so a split of 1,000 problems over a few families and levels never runs out.
+# Difficulty grows with the level (more digits, larger factors, negative results); where the operands differ in
+# size, either may come first.
+def _ordered(rng: random.Random, a: int, b: int) -> tuple[int, int]:
+    return (a, b) if rng.random() < 0.5 else (b, a)
+
+
 def _addition(rng: random.Random, level: int) -> Problem:
-    a, b = {1: (_digits(rng, 1), _digits(rng, 2)), 2: (_digits(rng, 2), _digits(rng, 2))}.get(
-        level, (_digits(rng, 3), _digits(rng, 3))
-    )
+    if level == 1:
+        a, b = _ordered(rng, _digits(rng, 1), _digits(rng, 2))
+    else:
+        a, b = (_digits(rng, 2), _digits(rng, 2)) if level == 2 else (_digits(rng, 3), _digits(rng, 3))
     return f"add:{a}:{b}", f"What is {a} + {b}?", a + b
 
 
 def _subtraction(rng: random.Random, level: int) -> Problem:
     if level == 1:
-        a, b = _digits(rng, 2), _digits(rng, 1)
+        a, b = rng.randint(10, 199), _digits(rng, 1)
     elif level == 2:
         a, b = sorted((_digits(rng, 2), _digits(rng, 2)), reverse=True)
     else:  # the result may be negative
@@ -42,14 +48,18 @@ def _subtraction(rng: random.Random, level: int) -> Problem:
 
 
 def _multiplication(rng: random.Random, level: int) -> Problem:
-    a = rng.randint(2, 9) if level < 3 else _digits(rng, 2)
-    b = rng.randint(2, 40) if level == 1 else _digits(rng, 2)
+    if level == 1:
+        a, b = _ordered(rng, rng.randint(2, 12), rng.randint(2, 70))
+    elif level == 2:
+        a, b = _ordered(rng, rng.randint(2, 19), _digits(rng, 2))
+    else:
+        a, b = _digits(rng, 2), _digits(rng, 2)
     return f"mul:{a}:{b}", f"What is {a} * {b}?", a * b
 
 
 def _division(rng: random.Random, level: int) -> Problem:
-    quotient = rng.randint(2, 40) if level == 1 else _digits(rng, 2)
-    divisor = rng.randint(2, 9) if level < 3 else rng.randint(11, 29)
+    quotient = {1: rng.randint(2, 120), 2: rng.randint(10, 199)}.get(level, _digits(rng, 2))
+    divisor = {1: rng.randint(2, 12), 2: rng.randint(2, 9)}.get(level, rng.randint(11, 29))
     dividend = quotient * divisor
     return f"div:{dividend}:{divisor}", f"What is {dividend} / {divisor}?", quotient
 
@@ -105,13 +115,13 @@ def _percent(rng: random.Random, level: int) -> Problem:
     """A percentage of a whole number, with a whole result."""
     percent = rng.choice({1: [10, 50], 2: [10, 20, 25, 50, 75]}.get(level, [5, 15, 30, 40, 60, 80]))
     step = 100 // math.gcd(percent, 100)
-    whole = step * rng.randint(1, {1: 300, 2: 200}.get(level, 240))
+    whole = step * rng.randint(1, {1: 1000, 2: 400}.get(level, 240))
     return f"pct:{percent}:{whole}", f"What is {percent}% of {whole}?", percent * whole // 100
 
 
 def _remainder(rng: random.Random, level: int) -> Problem:
     divisor = rng.randint(2, 9) if level < 3 else rng.randint(11, 25)
-    dividend = _digits(rng, 2 if level == 1 else 3)
+    dividend = rng.randint(10, 199) if level == 1 else _digits(rng, 3)
     return (
         f"mod:{dividend}:{divisor}",
         f"What is the remainder when {dividend} is divided by {divisor}?",
@@ -126,7 +136,7 @@ UNITS = {1: [("minutes", "hours", 60), ("days", "weeks", 7)], 2: [("centimetres"
 
 def _unit_conversion(rng: random.Random, level: int) -> Problem:
     small, large, factor = rng.choice(UNITS[level])
-    count = rng.randint(2, 250)
+    count = rng.randint(2, 1000)
     return f"unit:{small}:{large}:{count}", f"How many {small} are in {count} {large}?", count * factor
 
 

@@ -123,3 +123,14 @@ def test_families_and_levels_filter():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         arithmetic_dataset(**kwargs)
+
+
+def test_the_suite_supplies_the_issue_17_measurement_sizes():
+    # 1,000 test and 500 validation problems over the suite at levels 1-2, and 400 test problems of the held-out
+    # families: no cell runs out, and the splits stay disjoint.
+    test = arithmetic_dataset("test", 1000, families=SUITE_FAMILIES, levels=[1, 2])
+    validation = arithmetic_dataset("validation", 500, families=SUITE_FAMILIES, levels=[1, 2])
+    heldout = arithmetic_dataset("test", 400, families=HELDOUT_FAMILIES, levels=[1, 2])
+    assert len(set(test["key"])) == 1000 and len(set(validation["key"])) == 500 and len(set(heldout["key"])) == 400
+    assert not set(test["key"]) & set(validation["key"])
+    assert not set(test["key"]) & set(arithmetic_dataset("train", 2000, families=SUITE_FAMILIES, levels=[1, 2])["key"])
