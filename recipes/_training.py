@@ -1,5 +1,6 @@
 """What `train_tok.py` and `train_seq.py` share: their script arguments, data and model set-up."""
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from hf_adaptive_decoding import (
     math_reward,
 )
 from hf_adaptive_decoding.default_model import default_model_revision
+from hf_adaptive_decoding.evaluation.verdict import adapter_verdict, render_verdict
 from hf_adaptive_decoding.training.checkpointing import parse_resume_argument
 
 DATASETS = ("arithmetic", "math", "gsm8k", "humaneval", "code_contests")
@@ -62,6 +64,18 @@ class ScriptArguments:
     )
     num_train_examples: int = field(default=2000, metadata={"help": "Training prompts (at most)."})
     num_eval_examples: int = field(default=64, metadata={"help": "Validation prompts."})
+    num_comparison_examples: int = field(
+        default=0,
+        metadata={
+            "help": "Validation problems, disjoint from the validation prompts (which choose the kept checkpoint), "
+            "on which the trained adapter is compared at the end with every static action of its action space, "
+            "paired, with 95% intervals (0: no comparison)."
+        },
+    )
+    comparison_samples: int | None = field(
+        default=None,
+        metadata={"help": "Samples per comparison problem; default: the largest parallel budget, or 1 (token level)."},
+    )
     families: list[str] | None = field(
         default=None, metadata={"help": "arithmetic: task families (default: DEFAULT_FAMILIES, the original five)."}
     )
@@ -81,13 +95,28 @@ class ScriptArguments:
 
 
 def load_data(args: ScriptArguments):
+    """The training prompts, the validation prompts and the comparison problems (`None` when none are asked for):
+    validation and comparison come from one draw of the validation split, disjoint."""
+    train, evaluation = _load_splits(args, args.num_eval_examples + args.num_comparison_examples)
+    if args.num_comparison_examples == 0:
+        return train, evaluation, None
+    if len(evaluation) <= args.num_eval_examples:
+        raise ValueError(
+            f"The validation split has {len(evaluation)} problems: none is left for num_comparison_examples="
+            f"{args.num_comparison_examples} after num_eval_examples={args.num_eval_examples}."
+        )
+    comparison = evaluation.select(range(args.num_eval_examples, len(evaluation)))
+    return train, evaluation.select(range(args.num_eval_examples)), comparison
+
+
+def _load_splits(args: ScriptArguments, num_eval: int):
     if args.dataset == "arithmetic":
         train = arithmetic_dataset("train", args.num_train_examples, args.families, args.levels)
         split = args.eval_split or "validation"
-        evaluation = arithmetic_dataset(split, args.num_eval_examples, args.families, args.levels)
+        evaluation = arithmetic_dataset(split, num_eval, args.families, args.levels)
         return train, evaluation
     if args.dataset == "humaneval":
-        return _carve(load_humaneval_dataset(), args)
+        return _carve(load_humaneval_dataset(), args, num_eval)
     loaders = {"math": load_math_dataset, "gsm8k": load_gsm8k_dataset}
     loaders["code_contests"] = partial(load_code_contests_dataset, max_tests=args.max_tests)
     if args.dataset not in loaders:
@@ -98,19 +127,17 @@ def load_data(args: ScriptArguments):
     train_split = args.train_split or default_train
     eval_split = args.eval_split or default_eval
     if train_split == eval_split or (args.dataset_path and os.path.isfile(args.dataset_path)):
-        return _carve(load(split=train_split, **source), args)
+        return _carve(load(split=train_split, **source), args, num_eval)
     train = load(split=train_split, num_examples=args.num_train_examples, **source)
-    evaluation = load(split=eval_split, num_examples=args.num_eval_examples, **source)
+    evaluation = load(split=eval_split, num_examples=num_eval, **source)
     return train, evaluation
 
 
-def _carve(full, args: ScriptArguments):
+def _carve(full, args: ScriptArguments, num_eval: int):
     """Validation prompts carved out of one set, disjoint from the training prompts."""
-    if len(full) <= args.num_eval_examples:
-        raise ValueError(
-            f"{len(full)} examples cannot give {args.num_eval_examples} validation prompts and training prompts."
-        )
-    parts = full.train_test_split(test_size=args.num_eval_examples, seed=0)
+    if len(full) <= num_eval:
+        raise ValueError(f"{len(full)} examples cannot give {num_eval} validation problems and training prompts.")
+    parts = full.train_test_split(test_size=num_eval, seed=0)
     train = parts["train"].select(range(min(args.num_train_examples, len(parts["train"]))))
     return train, parts["test"]
 
@@ -149,7 +176,7 @@ def main(level: str, default_config: Path) -> None:
         )
     if adapter.level != level:
         raise ValueError(f"This recipe trains {level}-level adapters; the adapter is {adapter.level}-level.")
-    train_dataset, eval_dataset = load_data(script_args)
+    train_dataset, eval_dataset, comparison_dataset = load_data(script_args)
     trainer = AdapterTrainer(
         model=model,
         adapter=adapter,
@@ -167,3 +194,31 @@ def main(level: str, default_config: Path) -> None:
         out = trainer.output_dir
         print(f"Adapter and model card: {out}/ (config.json, model.safetensors, README.md)")
         print(f"Metrics: {out}/metrics.jsonl   Plots: {out}/plots/   Checkpoints: {out}/checkpoint-*")
+        if comparison_dataset is not None:
+            compare(model, tokenizer, trainer, comparison_dataset, script_args, training_args)
+
+
+def compare(model, tokenizer, trainer, dataset, script_args: ScriptArguments, training_args) -> None:
+    """The closing comparison: the saved adapter against every static action of its action space, paired; written
+    to `verdict.json` and `verdict.md` and printed last."""
+    adapter = AutoDecodingAdapter.from_pretrained(trainer.output_dir)
+    ks = sorted(set(training_args.parallel_budgets)) if adapter.level == "sequence" else [1]
+    verdict = adapter_verdict(
+        model,
+        tokenizer,
+        adapter,
+        dataset,
+        trainer.reward_funcs,
+        token_budget=training_args.max_completion_length,
+        ks=ks,
+        num_samples=script_args.comparison_samples,
+        seed=training_args.seed,
+        instruction=training_args.instruction,
+        system_prompt=training_args.system_prompt,
+        cache_dir=trainer.output_dir / "verdict_cache",
+        disable_tqdm=training_args.disable_tqdm,
+    )
+    text = render_verdict(verdict)
+    (trainer.output_dir / "verdict.json").write_text(json.dumps(verdict, indent=2))
+    (trainer.output_dir / "verdict.md").write_text(text + "\n")
+    print(f"\n{text}")

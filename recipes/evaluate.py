@@ -130,7 +130,7 @@ def main() -> None:
     decoders, candidates, baselines = _decoders(args)
     reference = "BEST" if baselines and args.reference is None else args.reference
     data_args = dataclasses.replace(data_args, eval_split=args.split, num_eval_examples=args.num_test_examples)
-    _, test = load_data(data_args)
+    _, test, _ = load_data(data_args)
     model, tokenizer = load_default_model(data_args.model_name_or_path)
     output_dir = Path(args.output_dir)
     summary = evaluate_decoders(

@@ -54,7 +54,7 @@ def main() -> None:
     data_args = dataclasses.replace(
         data_args, eval_split=eval_args.split, num_eval_examples=eval_args.num_test_examples
     )
-    _, dataset = load_data(data_args)
+    _, dataset, _ = load_data(data_args)
     if dataset_fingerprint(dataset.to_list()) != results["settings"]["dataset_fingerprint"]:
         raise ValueError(
             f"The config rebuilds other problems ({len(dataset)}) than {args.results} evaluated "

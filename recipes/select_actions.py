@@ -68,7 +68,7 @@ def main() -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_default_model(data_args.model_name_or_path)
-    _, validation = load_data(data_args)
+    _, validation, _ = load_data(data_args)
     candidates = ([DecodingAction(do_sample=False)] if args.include_greedy else []) + candidate_pool()
     rewards = evaluate_strategies(
         model,

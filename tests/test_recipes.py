@@ -95,7 +95,7 @@ def test_training_recipes_run_with_overrides_of_their_default_config(default_mod
     command = [sys.executable, str(ROOT / "recipes" / recipe), "--output_dir", str(output), "--max_steps", "1"]
     command += ["--per_device_train_batch_size", "2", "--num_generations", "2", "--max_completion_length", "8"]
     command += ["--token_budgets", "8", "--parallel_budgets", "1", "2", "--num_train_examples", "20"]
-    command += ["--num_eval_examples", "2", "--disable_tqdm", "true"]
+    command += ["--num_eval_examples", "2", "--num_comparison_examples", "3", "--disable_tqdm", "true"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"Adapter and model card: {output}/" in run.stdout
@@ -103,6 +103,13 @@ def test_training_recipes_run_with_overrides_of_their_default_config(default_mod
     assert json.loads((output / "config.json").read_text())["decoding"]["level"] == level
     assert (output / "README.md").is_file() and (output / "metrics.jsonl").is_file()
     assert (output / "checkpoint-1" / "checkpoint_complete.json").is_file()
+    # The last thing printed: the saved adapter against its static actions on 3 other validation problems.
+    verdict = json.loads((output / "verdict.json").read_text())
+    ks = [1] if level == "token" else [1, 2]
+    assert verdict["num_problems"] == 3 and verdict["num_samples"] == max(ks) and verdict["level"] == level
+    assert {(row["reference"], row["k"]) for row in verdict["comparisons"]} >= {("BEST", k) for k in ks}
+    assert run.stdout.rstrip().endswith((output / "verdict.md").read_text().rstrip())
+    assert "Did the adapter help? 3 problems not used to choose its checkpoint" in run.stdout
 
 
 def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
@@ -113,19 +120,24 @@ def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
         args = ScriptArguments(
             dataset=dataset, dataset_path=str(ROOT / path), num_eval_examples=2, num_train_examples=9
         )
-        train, evaluation = load_data(args)
-        assert len(evaluation) == 2 and len(train) >= 1
+        train, evaluation, comparison = load_data(args)
+        assert len(evaluation) == 2 and len(train) >= 1 and comparison is None
         assert not {json.dumps(p) for p in train["prompt"]} & {json.dumps(p) for p in evaluation["prompt"]}
-    train, evaluation = load_data(ScriptArguments(num_train_examples=50, num_eval_examples=10))
+    train, evaluation, comparison = load_data(
+        ScriptArguments(num_train_examples=50, num_eval_examples=10, num_comparison_examples=20)
+    )
+    assert (len(evaluation), len(comparison)) == (10, 20)
     assert not set(train["key"]) & set(evaluation["key"])
-    train, evaluation = load_data(ScriptArguments(dataset="humaneval", num_train_examples=200, num_eval_examples=16))
-    assert (len(train), len(evaluation)) == (148, 16)
-    assert not set(train["task_id"]) & set(evaluation["task_id"])
+    assert not set(comparison["key"]) & (set(train["key"]) | set(evaluation["key"]))
+    args = ScriptArguments(dataset="humaneval", num_train_examples=200, num_eval_examples=16, num_comparison_examples=4)
+    train, evaluation, comparison = load_data(args)
+    assert (len(train), len(evaluation), len(comparison)) == (144, 16, 4)
+    assert not set(train["task_id"]) & (set(evaluation["task_id"]) | set(comparison["task_id"]))
     folder = str(ROOT / "tests/fixtures/code_contests")
     args = ScriptArguments(
         dataset="code_contests", dataset_path=folder, eval_split="test", num_train_examples=3, num_eval_examples=3
     )
-    train, evaluation = load_data(args)
+    train, evaluation, _ = load_data(args)
     assert train["name"] == ["1900_A. Sum of Two Numbers", "1901_B. Mirror Lines", "1902_A. Count the Vowels"]
     assert len(evaluation) == 3 and not set(train["name"]) & set(evaluation["name"])
 
