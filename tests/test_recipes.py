@@ -129,7 +129,9 @@ def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
     assert (len(evaluation), len(comparison)) == (10, 20)
     assert not set(train["key"]) & set(evaluation["key"])
     assert not set(comparison["key"]) & (set(train["key"]) | set(evaluation["key"]))
-    args = ScriptArguments(dataset="humaneval", num_train_examples=200, num_eval_examples=16, num_comparison_examples=4)
+    args = ScriptArguments(
+        dataset="humaneval", num_train_examples=200, num_eval_examples=16, num_comparison_examples=4
+    )
     train, evaluation, comparison = load_data(args)
     assert (len(train), len(evaluation), len(comparison)) == (144, 16, 4)
     assert not set(train["task_id"]) & (set(evaluation["task_id"]) | set(comparison["task_id"]))

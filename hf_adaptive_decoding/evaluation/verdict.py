@@ -133,7 +133,5 @@ def render_verdict(verdict: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(f"{scores[k]:.1f}" for k in ks) + " |")
     lines.append("")
     for row in verdict["comparisons"]:
-        lines.append(
-            f"adapter - {row['reference']} at Pass@{row['k']}: {_interval(row)} points: {_reading(row)}"
-        )
+        lines.append(f"adapter - {row['reference']} at Pass@{row['k']}: {_interval(row)} points: {_reading(row)}")
     return "\n".join(lines)
