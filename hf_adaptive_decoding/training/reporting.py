@@ -55,8 +55,11 @@ def step_metrics(
     rollout_time: float,
     update_time: float,
     max_prob_threshold: float | None = None,
+    parallel_budgets: list[int] | None = None,
 ) -> dict[str, float]:
-    """The step's metrics, summed over all processes' prompts and samples (names follow TRL's where it has one)."""
+    """The step's metrics, summed over all processes' prompts and samples (names follow TRL's where it has one).
+    Sequence level, with `parallel_budgets`: also the policy's mean action probabilities at each parallel budget
+    (`action_probs/B=<B>/<action>`), which tell whether it decides differently for different B."""
     actions = adapter.decoding_config.action_names
     token_level = adapter.level == "token"
     finite = ~per_func.isnan()
@@ -80,6 +83,11 @@ def step_metrics(
             "action_counts": torch.bincount(batch.actions, minlength=len(actions)).float(),
             "func_sums": torch.where(finite, per_func, 0.0).sum(0),
             "func_counts": finite.float().sum(0),
+            **{
+                f"B={budget}": torch.cat([probs.sum(0), torch.tensor([float(len(probs))], device=probs.device)])
+                for budget in (parallel_budgets if not token_level and parallel_budgets else [])
+                for probs in [batch.action_probs.float()[batch.budgets == budget]]
+            },
         },
     )
     slowest = reduce_by_name(
@@ -109,6 +117,10 @@ def step_metrics(
     probs, shares = sums["action_probs"] / decisions, sums["action_counts"] / decisions
     metrics.update({f"action_probs/{name}": float(p) for name, p in zip(actions, probs, strict=True)})
     metrics.update({f"action_share/{name}": float(s) for name, s in zip(actions, shares, strict=True)})
+    for budget in parallel_budgets if not token_level and parallel_budgets else []:
+        *probs, count = sums[f"B={budget}"].tolist()
+        if count:  # a step may draw no prompt at this budget
+            metrics.update({f"action_probs/B={budget}/{n}": p / count for n, p in zip(actions, probs, strict=True)})
     return metrics
 
 
@@ -144,14 +156,21 @@ def plot_training(log_history: list[dict[str, Any]], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     train = [entry for entry in log_history if "reward" in entry]
     evals = [entry for entry in log_history if "eval_reward" in entry]
-    names = [key.split("/", 1)[1] for key in (train[0] if train else {}) if key.startswith("action_probs/")]
+    keys = dict.fromkeys(key for entry in train for key in entry if key.startswith("action_probs/"))
+    # One panel for all decisions, and one per parallel budget when the metrics have them (sequence level).
+    panels: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        panels.setdefault(parts[1] if len(parts) == 3 else "all", []).append(key)
     if train:
-        figure, axis = plt.subplots(figsize=(7, 4))
-        steps = [entry["step"] for entry in train]
-        for name in names:
-            axis.plot(steps, [entry[f"action_probs/{name}"] for entry in train], label=name)
-        axis.set(xlabel="step", ylabel="mean action probability", title="Policy over training", ylim=(0, 1))
-        axis.legend(fontsize=7, loc="upper left")
+        figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+        for axis, (panel, panel_keys) in zip(axes[0], panels.items(), strict=True):
+            for key in panel_keys:
+                points = [(entry["step"], entry[key]) for entry in train if key in entry]
+                axis.plot(*zip(*points, strict=True), label=key.rsplit("/", 1)[1])
+            title = "Policy over training" + ("" if panel == "all" else f", {panel}")
+            axis.set(xlabel="step", ylabel="mean action probability", title=title, ylim=(0, 1))
+            axis.legend(fontsize=7, loc="upper left")
         figure.tight_layout()
         figure.savefig(folder / "action_probs.png", dpi=120)
         plt.close(figure)

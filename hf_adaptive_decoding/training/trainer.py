@@ -286,6 +286,7 @@ class AdapterTrainer(BaseAdapterTrainer):
             rollout_time=rollout_time,
             update_time=update_time,
             max_prob_threshold=args.max_prob_threshold,
+            parallel_budgets=sorted(set(args.parallel_budgets)),
         )
         metrics.update(
             loss=float(accelerator.reduce(loss, "mean")),

@@ -91,6 +91,16 @@ def test_training_updates_only_the_adapter_and_writes_everything(tmp_path, level
     )
     assert {f"action_probs/{a.name}" for a in ACTIONS} <= set(train_lines[0])
     assert (level == "token") == ("masked_fraction" in train_lines[0])
+    for line in train_lines:  # sequence level: the policy at each parallel budget, which the overall mean weighs
+        per_budget = {b: [line.get(f"action_probs/B={b}/{a.name}") for a in ACTIONS] for b in (1, 2)}
+        if level == "token":
+            assert all(value is None for values in per_budget.values() for value in values)
+            continue
+        drawn = {b: values for b, values in per_budget.items() if values[0] is not None}
+        assert drawn and all(sum(values) == pytest.approx(1.0) for values in drawn.values())
+        overall = [line[f"action_probs/{a.name}"] for a in ACTIONS]
+        columns = list(zip(*drawn.values(), strict=True))  # one tuple per action: its probability at each budget
+        assert all(min(c) - 1e-6 <= value <= max(c) + 1e-6 for c, value in zip(columns, overall, strict=True))
     assert [line["step"] for line in lines if "eval_reward" in line] == [2, 4]
     assert (run / "config.json").is_file() and (run / "model.safetensors").is_file()
     card = (run / "README.md").read_text()
