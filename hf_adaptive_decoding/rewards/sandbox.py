@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 from queue import SimpleQueue
 
 from . import sandbox_judge
-from .sandbox_judge import communicate
+from .sandbox_judge import REPORT_OUTPUT_CHARS, communicate
 from .seccomp import seccomp_filter
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ UNPROTECTED_WITH_BUBBLEWRAP = (
     "world-readable host files stay readable (read-only), the kernel is reachable through every system call (no "
     "seccomp filter), and the machine's CPU and memory bandwidth are shared"
 )
+# The judge's report: fixed fields, plus per stdin/stdout test a verdict and the first characters of the output.
+REPORT_BYTES = 64 << 10
 _warned = set()
 # Worker slots per local process; local process r of a distributed run gets slots [r * _SLOTS_PER_RANK, ...).
 _SLOTS_PER_RANK = 4096
@@ -171,12 +174,131 @@ def bubblewrap_available() -> bool:
 _probe_cache: dict[str, bool] = {}
 
 
+# Run by the target interpreter (standard library only): what it loads, so that the sandbox can show it that and
+# nothing else of the host.
+_PROBE = r"""
+import json, os, sys, sysconfig
+paths = sysconfig.get_paths()
+stdlib = sorted({os.path.realpath(paths[name]) for name in ("stdlib", "platstdlib") if os.path.isdir(paths[name])})
+dynload = [os.path.realpath(p) for p in sys.path if os.path.basename(p) == "lib-dynload" and os.path.isdir(p)]
+extensions = sorted(
+    os.path.join(folder, name) for folder in dynload for name in os.listdir(folder) if name.endswith(".so")
+)
+hidden = sorted(
+    {
+        os.path.join(folder, name)
+        for folder in stdlib
+        for name in ("site-packages", "dist-packages")
+        if os.path.isdir(os.path.join(folder, name))
+    }
+)
+print(json.dumps({"executable": os.path.realpath(sys.executable), "folders": stdlib + dynload,
+                  "extensions": extensions, "hidden": hidden}))
+"""
+
+
+@dataclass(frozen=True)
+class InterpreterFiles:
+    """What an interpreter needs in the sandbox: `files` and `folders` bound read-only at their host paths,
+    `symlinks` (path -> target) recreated on the way to them (merged /usr, library aliases), `hidden` folders inside
+    them (site-packages) covered by empty read-only ones."""
+
+    files: tuple[str, ...]
+    folders: tuple[str, ...]
+    symlinks: tuple[tuple[str, str], ...]
+    hidden: tuple[str, ...]
+
+    @property
+    def parents(self) -> list[str]:
+        """The folders above everything bound or linked (parents before children)."""
+        paths = [*self.files, *self.folders, *(link for link, _ in self.symlinks)]
+        above = {str(parent) for path in paths for parent in Path(path).parents if str(parent) != "/"}
+        return sorted(path for path in above if not any(path == f or path.startswith(f + "/") for f in self.folders))
+
+
+_interpreters: dict[str, InterpreterFiles] = {}
+_interpreters_lock = threading.Lock()
+
+
+def _resolve(path: str, links: dict[str, str]) -> str:
+    """The real path of `path`, recording in `links` every symlink met on the way (the way the kernel walks it)."""
+    current, parts, steps = "/", [part for part in path.split("/") if part], 0
+    while parts:
+        steps += 1
+        if steps > 256:
+            raise RuntimeError(f"too many symlinks on the way to {path!r}")
+        candidate = os.path.join(current, parts.pop(0))
+        if os.path.islink(candidate):
+            target = os.readlink(candidate)
+            links[candidate] = target
+            parts = [part for part in os.path.normpath(os.path.join(current, target)).split("/") if part] + parts
+            current = "/"
+        else:
+            current = candidate
+    return current
+
+
+def _shared_libraries(paths: list[str]) -> list[str]:
+    """The shared libraries (as the dynamic loader names them, e.g. /lib/x86_64-linux-gnu/libffi.so.8) and the ELF
+    loader that `paths` (executables and extension modules) need, from `ldd`."""
+    ldd = shutil.which("ldd") or "/usr/bin/ldd"
+    found = set()
+    for start in range(0, len(paths), 64):
+        completed = subprocess.run(
+            [ldd, *paths[start : start + 64]], capture_output=True, text=True, timeout=120, env={"LC_ALL": "C"}
+        )
+        for line in completed.stdout.splitlines():
+            line = line.strip()
+            if "=>" in line:
+                line = line.split("=>", 1)[1].strip()
+            path = line.split(" (", 1)[0].strip()
+            if path.startswith("/") and not path.endswith(":") and os.path.exists(path):
+                found.add(path)
+    return sorted(found)
+
+
+def interpreter_files(python: str) -> InterpreterFiles:
+    """The files `python` needs to run its standard library (found once per interpreter): the executable, its
+    standard library without site-packages, the shared libraries of the executable and of every extension module,
+    the ELF loader and the loader's cache."""
+    with _interpreters_lock:
+        if python in _interpreters:
+            return _interpreters[python]
+        completed = subprocess.run(
+            [python, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=120, env={}, cwd="/"
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"could not inspect {python!r}: {completed.stderr[-2000:]}")
+        probe = json.loads(completed.stdout)
+        links: dict[str, str] = {}
+        folders = {_resolve(folder, links) for folder in probe["folders"]}
+        files = {_resolve(probe["executable"], links)}
+        needed = [python, probe["executable"], *probe["extensions"]]
+        cache = ["/etc/ld.so.cache"] if os.path.isfile("/etc/ld.so.cache") else []
+        files.update(_resolve(path, links) for path in [*_shared_libraries(needed), *cache])
+
+        def inside_folder(path: str) -> bool:
+            return any(path.startswith(folder + "/") for folder in folders)
+
+        folders = {folder for folder in folders if not inside_folder(folder)}
+        result = InterpreterFiles(
+            files=tuple(sorted(path for path in files if not inside_folder(path))),
+            folders=tuple(sorted(folders)),
+            symlinks=tuple(sorted((link, target) for link, target in links.items() if not inside_folder(link))),
+            hidden=tuple(probe["hidden"]),
+        )
+        _interpreters[python] = result
+        return result
+
+
 def _namespace_arguments() -> list[str]:
     arguments = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if os.geteuid() != 0:
         # Unprivileged: a user namespace, and none nested inside it.
         arguments += ["--unshare-user", "--disable-userns"]
-    return [*arguments, "--die-with-parent", "--new-session"]
+    # --as-pid-1: the judge (not dumpable from its first instruction) is the namespace's init, so no process of the
+    # program's uid holds the report pipe, and signals sent from inside the namespace cannot kill it.
+    return [*arguments, "--die-with-parent", "--new-session", "--as-pid-1"]
 
 
 def _warn_once(message: str) -> None:
@@ -267,34 +389,38 @@ class Sandbox:
         }
 
     def _bubblewrap_command(self) -> list[str]:
-        size = str(self.config.tmp_size_mb << 20)
-        command = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        for writable in ("/tmp", "/dev/shm", "/var/tmp"):
-            command += ["--perms", "1777", "--size", size, "--tmpfs", writable]
-        hidden = [path for path in ("/root", "/home", "/run") if os.path.isdir(path)]
-        home = os.path.realpath(os.path.expanduser("~"))
-        if (
-            os.path.isdir(home)
-            and home != "/"
-            and not any(home == path or home.startswith(path + "/") for path in hidden)
-        ):
-            hidden.append(home)
-        for path in hidden:
-            command += ["--perms", "0755", "--size", "1048576", "--tmpfs", path]
-        prefix = str(Path(self.config.python_executable).parent.parent)
-        for path in hidden:
-            if prefix.startswith(path + "/"):
-                # Parent folders bubblewrap would otherwise create with the host's (private) modes.
-                for parent in reversed(Path(prefix).parents):
-                    if str(parent).startswith(path + "/"):
-                        command += ["--perms", "0755", "--dir", str(parent)]
-                command += ["--ro-bind", prefix, prefix]
+        """The sandbox's filesystem is built from nothing: the interpreter, its standard library and the libraries
+        they load (read-only, at their host paths), a few devices, its own /proc (with /proc/sys read-only), a
+        size-capped /tmp (the program's folder; /dev/shm and /var/tmp point into it) and the judge. No other host
+        file, socket or folder exists in it."""
+        files = interpreter_files(self.config.python_executable)
+        command = [shutil.which("bwrap")]
+        # Parent folders first, world-searchable (bubblewrap would create them private).
+        for folder in sorted({*files.parents, "/dev", "/var"}):
+            command += ["--perms", "0755", "--dir", folder]
+        for path in (*files.folders, *files.files):
+            command += ["--ro-bind", path, path]
+        for path in files.hidden:
+            command += ["--size", "4096", "--tmpfs", path, "--remount-ro", path]
+        for link, target in files.symlinks:
+            command += ["--symlink", target, link]
+        for device in ("null", "zero", "full", "random", "urandom"):
+            command += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")):
+            command += ["--symlink", target, f"/dev/{name}"]
+        command += ["--symlink", "/proc/self/fd/2", "/dev/stderr", "--symlink", "/tmp", "/dev/shm"]
+        command += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+        command += ["--perms", "1777", "--size", str(self.config.tmp_size_mb << 20), "--tmpfs", "/tmp"]
+        command += ["--symlink", "/tmp", "/var/tmp"]
         command += ["--perms", "0755", "--dir", os.path.dirname(SANDBOX_JUDGE_PATH)]
-        command += ["--ro-bind", str(JUDGE_PATH), SANDBOX_JUDGE_PATH]
+        command += ["--ro-bind", str(JUDGE_PATH), SANDBOX_JUDGE_PATH, "--remount-ro", "/"]
         command += _namespace_arguments()
         if self.as_root:
-            # The judge only needs to hand the program its own uids; everything else root could do is dropped.
-            command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+            # The judge only needs to hand the program its own uids (and, to empty the capability bounding set
+            # before it does, CAP_SETPCAP); everything else root could do is dropped.
+            command += ["--cap-drop", "ALL"]
+            for capability in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
+                command += ["--cap-add", capability]
         command += ["--hostname", "sandbox", "--chdir", "/tmp", "--clearenv"]
         for name, value in self._environment().items():
             command += ["--setenv", name, value]
@@ -329,14 +455,24 @@ class Sandbox:
         uids = self.uids(slot)
         workdir = None
         pass_fds = ()
+        info_read = None
+        time_limit = min(float(job.get("time_limit") or self.config.test_timeout), self.config.test_timeout)
+        # Limits bound each test, not the number of tests: every stdin/stdout test adds its own time to the deadline
+        # and its own room to the report (the judge compares outputs and reports short prefixes of them).
+        num_tests = len(job.get("inputs") or ())
+        timeout = timeout + num_tests * time_limit
+        max_bytes = self.config.max_output_bytes + REPORT_BYTES + num_tests * (REPORT_OUTPUT_CHARS * 6 + 256)
         if self.isolation == "bubblewrap":
             command, cwd = self._bubblewrap_command(), "/"
+            info_read, info_write = os.pipe()
+            pass_fds = (info_write,)
+            command = [command[0], "--info-fd", str(info_write), *command[1:]]
             if self._seccomp is not None:
                 # A fresh in-memory file per execution: bubblewrap reads the filter from it.
                 seccomp_fd = os.memfd_create("hf-adaptive-decoding-seccomp")
                 os.write(seccomp_fd, self._seccomp)
                 os.lseek(seccomp_fd, 0, os.SEEK_SET)
-                pass_fds = (seccomp_fd,)
+                pass_fds = (*pass_fds, seccomp_fd)
                 command = [command[0], "--seccomp", str(seccomp_fd), *command[1:]]
             job = {**job, "workdir": "/tmp"}
         else:
@@ -353,7 +489,7 @@ class Sandbox:
             "python": self.config.python_executable,
             "limits": self._limits(),
             "uids": uids,
-            "time_limit": min(float(job.get("time_limit") or self.config.test_timeout), self.config.test_timeout),
+            "time_limit": time_limit,
         }
         try:
             process = subprocess.Popen(
@@ -366,32 +502,40 @@ class Sandbox:
                 start_new_session=True,
                 pass_fds=pass_fds,
             )
+        except BaseException:
+            if info_read is not None:
+                os.close(info_read)
+            raise
         finally:
             for fd in pass_fds:
                 os.close(fd)
+        init = None
         try:
+            if info_read is not None:
+                init = _namespace_init(info_read, process.pid, start + timeout - time.monotonic())
             stdout, stderr, problem = communicate(
-                process, json.dumps(job).encode(), timeout, self.config.max_output_bytes
+                process, json.dumps(job).encode(), max(start + timeout - time.monotonic(), 0.01), max_bytes
             )
         finally:
-            self._kill(process, uids)
+            self._kill(process, uids, init)
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
-        report = None
-        if problem is None:
-            for line in stdout.decode(errors="replace").splitlines():
-                try:
-                    candidate = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(candidate, dict) and candidate.pop("nonce", None) == nonce:
-                    report = candidate
+        report = parse_report(stdout, nonce) if problem is None else None
         status = problem or ("ok" if report is not None else "crashed")
-        return ExecutionResult(status, report, stderr.decode(errors="replace"), time.monotonic() - start)
+        stderr = stderr[: self.config.max_output_bytes].decode(errors="replace")
+        return ExecutionResult(status, report, stderr, time.monotonic() - start)
 
-    def _kill(self, process: subprocess.Popen, uids: tuple[int, int] | None) -> None:
-        """SIGKILL the whole tree: the session (bubblewrap's own child dies with it and takes its PID namespace
-        along) and, without namespaces but as root, every process of the worker's uids."""
+    def _kill(self, process: subprocess.Popen, uids: tuple[int, int] | None, init: int | None = None) -> None:
+        """SIGKILL the whole tree, from outside the sandbox whatever its processes do: the namespace's init (the
+        kernel then kills every process of its PID namespace), bubblewrap's session and, without namespaces but as
+        root, every process of the worker's uids."""
+        if init is not None:
+            try:
+                signal.pidfd_send_signal(init, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(init)
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -413,6 +557,67 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _namespace_init(info_fd: int, bubblewrap_pid: int, timeout: float) -> int | None:
+    """A pidfd on the sandbox's init (bubblewrap's child, the judge), read from bubblewrap's `--info-fd`; closes
+    `info_fd`. `None` when bubblewrap died first or wrote nothing in time (bubblewrap's session is killed anyway)."""
+    data = b""
+    deadline = time.monotonic() + max(timeout, 0.01)
+    try:
+        while len(data) < 4096:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([info_fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(info_fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+            if b"}" in chunk:
+                break
+    finally:
+        os.close(info_fd)
+    try:
+        pid = int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    # The pidfd pins a process; it is the sandbox's init only if bubblewrap is its parent (a pid is not reused
+    # while bubblewrap has not reaped it).
+    if _parent_of(pid) != bubblewrap_pid:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def parse_report(stdout: bytes, nonce: str) -> dict | None:
+    """The judge's report: the last line of `stdout` that is a JSON object carrying `nonce`. Never raises: a line
+    that is too long, too deeply nested or not JSON at all is skipped."""
+    report = None
+    for line in stdout.split(b"\n"):
+        if not line.startswith(b"{") or nonce.encode() not in line:
+            continue
+        try:
+            candidate = json.loads(line.decode(errors="replace"))
+        except Exception:  # noqa: BLE001 - JSONDecodeError, RecursionError, MemoryError...
+            continue
+        if isinstance(candidate, dict) and candidate.pop("nonce", None) == nonce:
+            report = candidate
+    return report
 
 
 def processes_of(uids: set[int]) -> list[int]:

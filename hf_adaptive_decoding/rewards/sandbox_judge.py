@@ -13,8 +13,13 @@ printing a fake report can only make the execution fail.
   judge executes `setup` (the problem's prompt: imports and helpers the test may use) and `test`, then calls
   `check(candidate)`. Report: `{"passed": bool, "error": str | None}`.
 - `mode="stdio"` (CodeContests style): `program` runs once per test input, on its own, with the input on stdin
-  (then EOF). Report: `{"outputs": [str | None, ...], "errors": [...]}` for the parent to compare; running stops
-  after the first test that failed to run or whose output differs from `expected` (which the parent re-checks).
+  (then EOF). Report: `{"outputs": [str | None, ...], "errors": [...], "matched": [bool, ...]}`: the judge compares
+  each output with `expected` ([`outputs_match`]) and reports the verdict and the output's first
+  `REPORT_OUTPUT_CHARS` characters; running stops after the first test that failed to run or did not match.
+
+In a bubblewrap sandbox this script is the PID namespace's init (`bwrap --as-pid-1`): not dumpable from its first
+instruction, it holds the report pipe, reaps the orphans of the program, and signals from inside the namespace
+cannot kill it. As root it empties the capability bounding set and locks the secure bits before anything else.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import time
 # --- plain values ------------------------------------------------------------------------------------------------
 
 _TAGS = {"$t": tuple, "$s": set, "$fs": frozenset}
+# Characters of each stdin/stdout output the report carries (the judge compares the whole output).
+REPORT_OUTPUT_CHARS = 1000
 
 
 def _to_json(value, depth: int = 0):
@@ -298,10 +305,14 @@ def _run_function(job: dict, report) -> None:
 
 def _kill_all_of(uid: int | None, process: subprocess.Popen) -> None:
     """Kills every process the candidate left behind: as its uid, `kill(-1)` reaches all of them (and nothing else);
-    without a uid of its own, its process group."""
+    without a uid of its own but as the namespace's init, `kill(-1)` reaches every other process of the namespace;
+    else its process group."""
     if uid is None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            if os.getpid() == 1:
+                os.kill(-1, signal.SIGKILL)
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         return
@@ -315,6 +326,19 @@ def _kill_all_of(uid: int | None, process: subprocess.Popen) -> None:
     os.waitpid(pid, 0)
 
 
+def _reap_orphans() -> None:
+    """As the namespace's init, reaps the orphans it inherited (they count against the process limit until then)."""
+    if os.getpid() != 1:
+        return
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _run_stdio(job: dict, report) -> None:
     uids = job.get("uids")
     uid = uids[1] if uids else None
@@ -322,7 +346,7 @@ def _run_stdio(job: dict, report) -> None:
     with open(path, "w") as file:
         file.write(job["program"])
     os.chmod(path, 0o644)
-    outputs, errors = [], []
+    outputs, errors, matched = [], [], []
     for test_input, expected in zip(job["inputs"], job["expected"], strict=True):
         process = subprocess.Popen(
             [*_candidate_command(job), path],
@@ -338,14 +362,18 @@ def _run_stdio(job: dict, report) -> None:
         )
         _kill_all_of(uid, process)
         returncode = process.wait()
+        _reap_orphans()
         if problem is None and returncode != 0:
             problem = f"exit status {returncode}"
         output = None if problem else stdout.decode(errors="replace")
-        outputs.append(output)
+        # The judge compares (it has the expected outputs): the report carries the verdict and the output's first
+        # characters only, so that its size grows with the number of tests, not with their outputs.
+        matched.append(outputs_match(output, expected))
+        outputs.append(None if output is None else output[:REPORT_OUTPUT_CHARS])
         errors.append(problem)
-        if output is None or not outputs_match(output, expected):
+        if not matched[-1]:
             break
-    report({"outputs": outputs, "errors": errors})
+    report({"outputs": outputs, "errors": errors, "matched": matched})
 
 
 def _set_not_dumpable() -> None:
@@ -357,10 +385,47 @@ def _set_not_dumpable() -> None:
         pass
 
 
+# prctl options and secure bits (linux/prctl.h, linux/securebits.h).
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+# NOROOT, NO_SETUID_FIXUP (left off: changing to another uid clears every capability), KEEP_CAPS (off) and
+# NO_CAP_AMBIENT_RAISE, each with its lock.
+SECURE_BITS = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7)
+
+
+def _drop_capability_bounding_set() -> None:
+    """As root (no user namespace): no process of the sandbox can ever gain a capability again. Empties the bounding
+    set and the ambient set and locks the secure bits; this process keeps the capabilities it has (to hand the
+    program its own uid), which changing uids clears."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    for capability in range(64):
+        if prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+                break
+            raise OSError(ctypes.get_errno(), f"cannot drop capability {capability} from the bounding set")
+    if prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot clear the ambient capabilities")
+    if prctl(PR_SET_SECUREBITS, SECURE_BITS, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot set the secure bits")
+    # The inheritable set too (bubblewrap fills it with the capabilities it kept): capget, then capset without it.
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two struct __user_cap_data_struct: effective, permitted, inheritable
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    if syscall(125, header, data) != 0:  # capget
+        raise OSError(ctypes.get_errno(), "capget")
+    data[2] = data[5] = 0
+    if syscall(126, header, data) != 0:  # capset
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def main() -> None:
     # Before any other process exists in the sandbox: this process's memory (the job, its nonce) and its file
     # descriptors stay out of reach of /proc and ptrace.
     _set_not_dumpable()
+    if os.geteuid() == 0:
+        _drop_capability_bounding_set()
     job = json.loads(sys.stdin.buffer.read())
     # The report goes to the original stdout; anything the test code prints goes to stderr.
     report_stream = os.fdopen(os.dup(1), "w")

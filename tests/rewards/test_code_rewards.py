@@ -113,7 +113,8 @@ class StubSandbox:
             if job["mode"] == "function":
                 report = {"passed": good, "error": None}
             else:
-                report = {"outputs": [want if good else "wrong" for want in job["expected"]], "errors": []}
+                outputs = [want if good else "wrong" for want in job["expected"]]
+                report = {"outputs": outputs, "errors": [None] * len(outputs), "matched": [good] * len(outputs)}
             results.append(ExecutionResult("ok", report, "", 0.0))
         return results
 
@@ -215,6 +216,12 @@ def test_columns_may_be_tuples(stub):
         ExecutionResult("ok", {"outputs": "3\n7\n", "errors": []}, "", 1.0),
         ExecutionResult("ok", {"passed": True}, "", 1.0),  # a function report for a stdio row
         ExecutionResult("ok", {}, "", 1.0),
+        # The judge's verdicts decide: full outputs without them, or verdicts that are not all True, fail.
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "errors": [None, None]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": [True]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": [True, 1]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": [True, False]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": "yes"}, "", 1.0),
     ],
     ids=lambda result: str(result.report),
 )
@@ -225,6 +232,18 @@ def test_stdio_rows_fail_on_anything_but_every_output_matching(result):
 
     reward = make_code_reward(sandbox=Fixed())
     assert reward(["p"], ["print(1)"], test_inputs=[["1 2\n", "3 4\n"]], test_outputs=[["3\n", "7\n"]]) == [0.0]
+
+
+def test_stdio_rows_pass_on_the_judges_verdicts():
+    """The report carries only the first characters of each output; the judge's verdicts decide."""
+
+    class Fixed:
+        def run_many(self, jobs, timeout=None):
+            report = {"outputs": ["3", "7" * 1000], "errors": [None, None], "matched": [True, True]}
+            return [ExecutionResult("ok", report, "", 1.0)]
+
+    reward = make_code_reward(sandbox=Fixed())
+    assert reward(["p"], ["print(1)"], test_inputs=[["1 2\n", "3 4\n"]], test_outputs=[["3\n", "7\n"]]) == [1.0]
 
 
 @pytest.mark.parametrize(
