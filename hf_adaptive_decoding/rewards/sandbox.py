@@ -36,8 +36,8 @@ UNPROTECTED_WITHOUT_BUBBLEWRAP = (
     "connections, and see and signal your other processes"
 )
 UNPROTECTED_WITH_BUBBLEWRAP = (
-    "world-readable host files stay readable (read-only), the kernel is reachable through every system call (no "
-    "seccomp filter), and the machine's CPU and memory bandwidth are shared"
+    "the kernel is reachable through the system calls the seccomp filter allows, the interpreter's own files are "
+    "readable, and the machine's CPU, memory bandwidth and (without a memory cgroup) memory are shared"
 )
 # The judge's report: fixed fields, plus per stdin/stdout test a verdict and the first characters of the output.
 REPORT_BYTES = 64 << 10
@@ -64,26 +64,35 @@ def _reserve_slots(count: int) -> int:
 class SandboxConfig:
     """
     Limits and isolation for executing generated code. Every limit holds per execution (one program and its tests);
-    the memory, CPU and file limits hold per process.
+    the CPU and file limits hold per process, and so does the memory limit unless a memory cgroup is available.
 
     Args:
         isolation (`str`, defaults to `"auto"`): `"bubblewrap"` (Linux namespaces through Debian's `bwrap`: no
-            network, a read-only view of the host with `/tmp`, `/root`, `/home`, `/run` and your home folder replaced
-            by empty folders, its own process tree, a seccomp filter (see `seccomp.py`), and as root no capability
-            but the two that hand the program its own uid), `"none"` (resource limits and a scrubbed environment
-            only; a loud warning says what is not protected) or `"auto"` (bubblewrap when it works here, else none).
-        timeout (`float`, defaults to 10.0): wall-clock seconds for a whole execution, enforced by the parent with
-            SIGKILL on the sandbox's whole process tree.
+            network; a filesystem built from nothing, holding only the interpreter, its standard library (without
+            site-packages) and the shared libraries they load, read-only, a few devices, its own /proc (/proc/sys
+            read-only) and a size-capped /tmp; its own process tree, whose init is the trusted judge and which the
+            parent kills from outside; a seccomp filter (see `seccomp.py`); and as root no capability but the
+            three that hand the program its own uid, an empty capability bounding set and locked secure bits),
+            `"none"` (resource limits and a scrubbed environment only; a loud warning says what is not protected)
+            or `"auto"` (bubblewrap when it works here, else none).
+        timeout (`float`, defaults to 10.0): wall-clock seconds for an execution, plus `test_timeout` (or the row's
+            smaller `time_limit`) per stdin/stdout test, so that the number of tests never fails a correct program;
+            enforced by the parent with SIGKILL on the sandbox's whole process tree.
         test_timeout (`float`, defaults to 4.0): stdin/stdout tests: seconds for each run of the program.
         cpu_seconds (`int`, defaults to 10): CPU seconds per process (`RLIMIT_CPU`).
-        memory_mb (`int`, defaults to 1024): address space per process (`RLIMIT_AS`).
+        memory_mb (`int`, defaults to 1024): address space per process (`RLIMIT_AS`). When this process may create
+            cgroups (root, usually), each execution also runs in a memory cgroup capped at `memory_mb` +
+            `tmp_size_mb` + 64 MiB (the judge and the interpreters) for all of its processes, its /tmp files and its
+            pipe buffers; see [`Sandbox.memory_bound_mb`].
         max_processes (`int`, defaults to 32): processes and threads of the program. Enforced for root too: as
             root, the sandbox runs programs under a uid of their own (`uid_base` and up), for which the kernel
             enforces `RLIMIT_NPROC`.
-        max_output_bytes (`int`, defaults to 1 MiB): stdout plus stderr (and each answer of a generated function);
-            more fails the execution.
+        max_output_bytes (`int`, defaults to 1 MiB): stdout plus stderr of each run of a stdin/stdout program, and
+            each answer of a generated function; more fails the execution. The judge compares outputs itself, so
+            the total over many tests does not count.
         max_file_mb (`int`, defaults to 16): the largest file a program may write (`RLIMIT_FSIZE`).
-        tmp_size_mb (`int`, defaults to 64): size of the sandbox's writable `/tmp` (and `/dev/shm`).
+        tmp_size_mb (`int`, defaults to 64): size of the sandbox's only writable folder, `/tmp` (`/dev/shm` and
+            `/var/tmp` point to it).
         max_open_files (`int`, defaults to 64).
         num_workers (`int`, *optional*): executions run in parallel; default: the number of CPUs.
         python_executable (`str`, *optional*): interpreter for the programs; default: the base interpreter of the
@@ -344,11 +353,13 @@ class Sandbox:
             )
         self.isolation = isolation
         self.as_root = os.geteuid() == 0
+        # Memory cgroups when this process may create them (see `memory_bound_mb`).
+        self._cgroup_parents = _own_cgroups() if isolation == "bubblewrap" else {}
         self._seccomp = seccomp_filter() if isolation == "bubblewrap" else None
         if isolation == "bubblewrap" and self._seccomp is None:
             _warn_once(
                 f"No seccomp filter for {platform.machine()} (only x86-64 has one): sandboxed programs can create "
-                "user namespaces and unix sockets, and reach every system call."
+                "user namespaces and unix sockets (datagram pairs too), take file locks, and reach every system call."
             )
         if self.as_root and isolation == "none":
             self._check_reachable(self.config.python_executable)
@@ -359,6 +370,26 @@ class Sandbox:
             self._slots.put(slot)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+
+    @property
+    def memory_bound_mb(self) -> int:
+        """The memory one execution may use in all: with a memory cgroup (`memory_limited`), its limit (`memory_mb`
+        + `tmp_size_mb` + 64 MiB for the judge and the interpreters), covering processes, /tmp files and pipe
+        buffers; without one, `memory_mb` per process (`RLIMIT_AS`) times `max_processes`, plus `tmp_size_mb`, plus
+        pipe buffers (the kernel's per-user pipe quota)."""
+        config = self.config
+        if self.memory_limited:
+            return config.memory_mb + config.tmp_size_mb + CGROUP_OVERHEAD_MB
+        return config.memory_mb * config.max_processes + config.tmp_size_mb
+
+    @property
+    def memory_limited(self) -> bool:
+        """Whether each execution runs in a memory cgroup of its own (needs write access to this process's cgroup:
+        root, usually)."""
+        return "memory" in self._cgroup_parents or (
+            "unified" in self._cgroup_parents
+            and "memory" in _read_text(os.path.join(self._cgroup_parents["unified"], "cgroup.subtree_control")).split()
+        )
 
     @staticmethod
     def _check_reachable(path: str) -> None:
@@ -509,15 +540,19 @@ class Sandbox:
         finally:
             for fd in pass_fds:
                 os.close(fd)
-        init = None
+        init, cgroups = None, None
         try:
             if info_read is not None:
                 init = _namespace_init(info_read, process.pid, start + timeout - time.monotonic())
+                if init is not None and self._cgroup_parents:
+                    # The judge waits for its job on stdin: whatever it starts is born in the cgroups.
+                    cgroups = _Cgroups(self._cgroup_parents, self.memory_bound_mb << 20)
+                    cgroups.add(_pid_of(init))
             stdout, stderr, problem = communicate(
                 process, json.dumps(job).encode(), max(start + timeout - time.monotonic(), 0.01), max_bytes
             )
         finally:
-            self._kill(process, uids, init)
+            self._kill(process, uids, init, cgroups)
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
         report = parse_report(stdout, nonce) if problem is None else None
@@ -525,10 +560,18 @@ class Sandbox:
         stderr = stderr[: self.config.max_output_bytes].decode(errors="replace")
         return ExecutionResult(status, report, stderr, time.monotonic() - start)
 
-    def _kill(self, process: subprocess.Popen, uids: tuple[int, int] | None, init: int | None = None) -> None:
-        """SIGKILL the whole tree, from outside the sandbox whatever its processes do: the namespace's init (the
-        kernel then kills every process of its PID namespace), bubblewrap's session and, without namespaces but as
-        root, every process of the worker's uids."""
+    def _kill(
+        self,
+        process: subprocess.Popen,
+        uids: tuple[int, int] | None,
+        init: int | None = None,
+        cgroups: _Cgroups | None = None,
+    ) -> None:
+        """SIGKILL the whole tree, from outside the sandbox whatever its processes do: the execution's cgroup (when
+        there is one), the namespace's init (the kernel then kills every process of its PID namespace), bubblewrap's
+        session and, without namespaces but as root, every process of the worker's uids."""
+        if cgroups is not None and "unified" in cgroups.folders:
+            cgroups._write(cgroups.folders["unified"], "cgroup.kill", 1)
         if init is not None:
             try:
                 signal.pidfd_send_signal(init, signal.SIGKILL)
@@ -546,6 +589,8 @@ class Sandbox:
                 stream.close()
         if self.isolation == "none" and uids is not None:
             kill_processes_of(set(uids))
+        if cgroups is not None:
+            cgroups.kill_and_remove()
 
     def close(self) -> None:
         if self._executor is not None:
@@ -557,6 +602,92 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Room the judge and the two interpreters need on top of the program's own memory, in a memory cgroup.
+CGROUP_OVERHEAD_MB = 64
+
+
+def _own_cgroups() -> dict[str, str]:
+    """Folders of this process's cgroups that it may create children in: `"memory"` (cgroup v1's memory controller)
+    and `"unified"` (cgroup v2, for `cgroup.kill`, and `memory.max` when the memory controller is enabled there)."""
+    found = {}
+    try:
+        with open("/proc/self/cgroup") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            roots = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            kind = "unified"
+        elif "memory" in controllers.split(","):
+            roots, kind = ["/sys/fs/cgroup/memory"], "memory"
+        else:
+            continue
+        for root in roots:
+            folder = os.path.normpath(root + path)
+            marker = "cgroup.kill" if kind == "unified" else "memory.limit_in_bytes"
+            if kind == "unified" and not os.path.exists(os.path.join(root, "cgroup.controllers")):
+                continue
+            if os.path.isdir(folder) and os.access(folder, os.W_OK):
+                if kind == "memory" and not os.path.exists(os.path.join(folder, marker)):
+                    continue
+                found[kind] = folder
+                break
+    return found
+
+
+class _Cgroups:
+    """The execution's cgroups, when this process may create them (root, usually): a v1 memory cgroup capping the
+    whole execution's memory (processes, /tmp files, pipe buffers), a v2 cgroup whose `cgroup.kill` kills every
+    process in it. Every step is best effort: without them, the pidfd on the namespace's init does the killing."""
+
+    def __init__(self, parents: dict[str, str], limit_bytes: int) -> None:
+        name = f"hf-adaptive-decoding-{secrets.token_hex(8)}"
+        self.folders = {}
+        for kind, parent in parents.items():
+            folder = os.path.join(parent, name)
+            try:
+                os.mkdir(folder)
+            except OSError:
+                continue
+            self.folders[kind] = folder
+            limits = {"memory.limit_in_bytes": limit_bytes, "memory.memsw.limit_in_bytes": limit_bytes}
+            if kind == "unified":
+                limits = {"memory.max": limit_bytes, "memory.swap.max": 0}
+            for file, value in limits.items():
+                self._write(folder, file, value)
+
+    @staticmethod
+    def _write(folder: str, file: str, value) -> bool:
+        try:
+            with open(os.path.join(folder, file), "w") as handle:
+                handle.write(str(value))
+            return True
+        except OSError:
+            return False
+
+    def add(self, pid: int) -> None:
+        for folder in self.folders.values():
+            self._write(folder, "cgroup.procs", pid)
+
+    def kill_and_remove(self) -> None:
+        unified = self.folders.get("unified")
+        if unified is not None:
+            self._write(unified, "cgroup.kill", 1)
+        for folder in self.folders.values():
+            for _ in range(50):
+                try:
+                    os.rmdir(folder)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            else:
+                logger.warning("could not remove cgroup %s", folder)
 
 
 def _namespace_init(info_fd: int, bubblewrap_pid: int, timeout: float) -> int | None:
@@ -591,6 +722,19 @@ def _namespace_init(info_fd: int, bubblewrap_pid: int, timeout: float) -> int | 
         os.close(pidfd)
         return None
     return pidfd
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as file:
+            return file.read()
+    except OSError:
+        return ""
+
+
+def _pid_of(pidfd: int) -> int:
+    with open(f"/proc/self/fdinfo/{pidfd}") as info:
+        return next(int(line.split()[1]) for line in info if line.startswith("Pid:"))
 
 
 def _parent_of(pid: int) -> int | None:
