@@ -251,6 +251,11 @@ def _shared_libraries(paths: list[str]) -> list[str]:
     """The shared libraries (as the dynamic loader names them, e.g. /lib/x86_64-linux-gnu/libffi.so.8) and the ELF
     loader that `paths` (executables and extension modules) need, from `ldd`."""
     ldd = shutil.which("ldd") or "/usr/bin/ldd"
+    if not os.access(ldd, os.X_OK):
+        raise RuntimeError(
+            "The bubblewrap sandbox finds the shared libraries of the interpreter with `ldd` (Debian package "
+            "libc-bin), which is missing here."
+        )
     found = set()
     for start in range(0, len(paths), 64):
         completed = subprocess.run(
