@@ -1568,3 +1568,30 @@ def test_memory_is_bounded_per_execution(host):
         assert_contained(reward, host, cases, scores, elapsed)
     finally:
         sandbox.close()
+
+
+PROBING_JUDGE = """
+import json, sys
+job = json.loads(sys.stdin.read())
+results = {}
+for path, value in (("/proc/sys/kernel/hostname", "pwned"), ("/proc/sys/kernel/domainname", "pwned")):
+    try:
+        with open(path, "w") as file:
+            file.write(value)
+        results[path] = "written"
+    except OSError as error:
+        results[path] = error.strerror
+print(json.dumps({"writes": results, "nonce": job["nonce"]}))
+"""
+
+
+def test_proc_sys_is_read_only_for_the_judge_too(tmp_path, monkeypatch):
+    """As root the judge keeps uid 0 (in stdin/stdout mode): /proc/sys must be read-only for it as well, whatever
+    capabilities it has. A stand-in judge, started exactly as the real one, tries to write there."""
+    fake = tmp_path / "sandbox_judge.py"
+    fake.write_text(PROBING_JUDGE)
+    monkeypatch.setattr(sandbox_module, "JUDGE_PATH", fake)
+    sandbox = Sandbox(make_config(num_workers=1))
+    result = sandbox.run({"mode": "stdio", "program": "", "inputs": [], "expected": []})
+    assert result.status == "ok", result
+    assert set(result.report["writes"].values()) == {"Read-only file system"}, result.report
