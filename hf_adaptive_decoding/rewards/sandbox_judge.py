@@ -424,6 +424,10 @@ def main() -> None:
     # Before any other process exists in the sandbox: this process's memory (the job, its nonce) and its file
     # descriptors stay out of reach of /proc and ptrace.
     _set_not_dumpable()
+    if os.getpid() == 1:
+        # As the namespace's init, a signal from inside the namespace reaches it only through a handler: drop
+        # Python's KeyboardInterrupt one, so that no program can interrupt the judge.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     if os.geteuid() == 0:
         _drop_capability_bounding_set()
     job = json.loads(sys.stdin.buffer.read())

@@ -195,6 +195,17 @@ def breaches(canary: Path, folder: Path, socket_path: Path, database: Path, mark
             breached = False
             """
         ),
+        "signal_init": textwrap.dedent(
+            """
+            import os, signal
+            for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGSTOP, signal.SIGKILL):
+                try:
+                    os.kill(1, number)  # the judge, same uid: it must survive and report
+                except OSError:
+                    pass
+            breached = False
+            """
+        ),
         "structure": textwrap.dedent(
             """
             def bounding_set(pid):
@@ -325,6 +336,11 @@ def test_unprivileged_sandbox_holds(public_tmp):
         if "/" in name and not name.startswith("correct/")
     }
     assert len(passed) == 2 * (len(attacks["breach"]) - 1)
+    # The judge (PID 1, same uid) survived every attack and reported.
+    unreported = [
+        name for name, (status, report) in results.items() if "/" in name and not (status == "ok" and report)
+    ]
+    assert not unreported, [(name, results[name]) for name in unreported]
     assert not any(passed.values()), sorted(name for name, value in passed.items() if value)
     assert received is None, f"the host's datagram socket received {received!r}"
     assert not blocked, f"locks taken in the sandbox blocked the host: {sorted(set(blocked))}"
