@@ -1,4 +1,8 @@
-"""Isolated execution of generated programs: bubblewrap namespaces, resource limits, a parent-enforced deadline."""
+"""Isolated execution of generated programs: bubblewrap namespaces, resource limits, a parent-enforced deadline.
+
+`SandboxConfig` and `Sandbox` (running jobs on parallel workers) live here; the sandbox's filesystem is built in
+`sandbox_filesystem`, its processes are capped and killed by `sandbox_processes`, the trusted side inside it is
+`sandbox_judge`."""
 
 from __future__ import annotations
 
@@ -7,9 +11,7 @@ import logging
 import os
 import platform
 import secrets
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,15 +23,41 @@ from pathlib import Path
 from queue import SimpleQueue
 
 from . import sandbox_judge
+from .sandbox_filesystem import SANDBOX_JUDGE_PATH, InterpreterFiles, filesystem_arguments, interpreter_files
 from .sandbox_judge import REPORT_OUTPUT_CHARS, communicate
+from .sandbox_processes import (
+    CGROUP_OVERHEAD_MB,
+    ExecutionCgroups,
+    kill_execution,
+    kill_processes_of,
+    memory_controlled,
+    namespace_init,
+    own_cgroups,
+    pid_of,
+    processes_of,
+)
 from .seccomp import seccomp_filter
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "CGROUP_OVERHEAD_MB",
+    "ISOLATIONS",
+    "JUDGE_PATH",
+    "SANDBOX_JUDGE_PATH",
+    "ExecutionResult",
+    "InterpreterFiles",
+    "Sandbox",
+    "SandboxConfig",
+    "bubblewrap_available",
+    "interpreter_files",
+    "kill_processes_of",
+    "parse_report",
+    "processes_of",
+]
+
 ISOLATIONS = ("auto", "bubblewrap", "none")
 JUDGE_PATH = Path(sandbox_judge.__file__).resolve()
-# Where the judge script appears inside a bubblewrap sandbox (/run is replaced by an empty tmpfs).
-SANDBOX_JUDGE_PATH = "/run/hf_adaptive_decoding/sandbox_judge.py"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 UNPROTECTED_WITHOUT_BUBBLEWRAP = (
     "the program can read and write every file its user can (your home folder, your checkouts), open network "
@@ -183,128 +211,6 @@ def bubblewrap_available() -> bool:
 _probe_cache: dict[str, bool] = {}
 
 
-# Run by the target interpreter (standard library only): what it loads, so that the sandbox can show it that and
-# nothing else of the host.
-_PROBE = r"""
-import json, os, sys, sysconfig
-paths = sysconfig.get_paths()
-stdlib = sorted({os.path.realpath(paths[name]) for name in ("stdlib", "platstdlib") if os.path.isdir(paths[name])})
-dynload = [os.path.realpath(p) for p in sys.path if os.path.basename(p) == "lib-dynload" and os.path.isdir(p)]
-extensions = sorted(
-    os.path.join(folder, name) for folder in dynload for name in os.listdir(folder) if name.endswith(".so")
-)
-hidden = sorted(
-    {
-        os.path.join(folder, name)
-        for folder in stdlib
-        for name in ("site-packages", "dist-packages")
-        if os.path.isdir(os.path.join(folder, name))
-    }
-)
-print(json.dumps({"executable": os.path.realpath(sys.executable), "folders": stdlib + dynload,
-                  "extensions": extensions, "hidden": hidden}))
-"""
-
-
-@dataclass(frozen=True)
-class InterpreterFiles:
-    """What an interpreter needs in the sandbox: `files` and `folders` bound read-only at their host paths,
-    `symlinks` (path -> target) recreated on the way to them (merged /usr, library aliases), `hidden` folders inside
-    them (site-packages) covered by empty read-only ones."""
-
-    files: tuple[str, ...]
-    folders: tuple[str, ...]
-    symlinks: tuple[tuple[str, str], ...]
-    hidden: tuple[str, ...]
-
-    @property
-    def parents(self) -> list[str]:
-        """The folders above everything bound or linked (parents before children)."""
-        paths = [*self.files, *self.folders, *(link for link, _ in self.symlinks)]
-        above = {str(parent) for path in paths for parent in Path(path).parents if str(parent) != "/"}
-        return sorted(path for path in above if not any(path == f or path.startswith(f + "/") for f in self.folders))
-
-
-_interpreters: dict[str, InterpreterFiles] = {}
-_interpreters_lock = threading.Lock()
-
-
-def _resolve(path: str, links: dict[str, str]) -> str:
-    """The real path of `path`, recording in `links` every symlink met on the way (the way the kernel walks it)."""
-    current, parts, steps = "/", [part for part in path.split("/") if part], 0
-    while parts:
-        steps += 1
-        if steps > 256:
-            raise RuntimeError(f"too many symlinks on the way to {path!r}")
-        candidate = os.path.join(current, parts.pop(0))
-        if os.path.islink(candidate):
-            target = os.readlink(candidate)
-            links[candidate] = target
-            parts = [part for part in os.path.normpath(os.path.join(current, target)).split("/") if part] + parts
-            current = "/"
-        else:
-            current = candidate
-    return current
-
-
-def _shared_libraries(paths: list[str]) -> list[str]:
-    """The shared libraries (as the dynamic loader names them, e.g. /lib/x86_64-linux-gnu/libffi.so.8) and the ELF
-    loader that `paths` (executables and extension modules) need, from `ldd`."""
-    ldd = shutil.which("ldd") or "/usr/bin/ldd"
-    if not os.access(ldd, os.X_OK):
-        raise RuntimeError(
-            "The bubblewrap sandbox finds the shared libraries of the interpreter with `ldd` (Debian package "
-            "libc-bin), which is missing here."
-        )
-    found = set()
-    for start in range(0, len(paths), 64):
-        completed = subprocess.run(
-            [ldd, *paths[start : start + 64]], capture_output=True, text=True, timeout=120, env={"LC_ALL": "C"}
-        )
-        for line in completed.stdout.splitlines():
-            line = line.strip()
-            if "=>" in line:
-                line = line.split("=>", 1)[1].strip()
-            path = line.split(" (", 1)[0].strip()
-            if path.startswith("/") and not path.endswith(":") and os.path.exists(path):
-                found.add(path)
-    return sorted(found)
-
-
-def interpreter_files(python: str) -> InterpreterFiles:
-    """The files `python` needs to run its standard library (found once per interpreter): the executable, its
-    standard library without site-packages, the shared libraries of the executable and of every extension module,
-    the ELF loader and the loader's cache."""
-    with _interpreters_lock:
-        if python in _interpreters:
-            return _interpreters[python]
-        completed = subprocess.run(
-            [python, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=120, env={}, cwd="/"
-        )
-        if completed.returncode != 0:
-            raise RuntimeError(f"could not inspect {python!r}: {completed.stderr[-2000:]}")
-        probe = json.loads(completed.stdout)
-        links: dict[str, str] = {}
-        folders = {_resolve(folder, links) for folder in probe["folders"]}
-        files = {_resolve(probe["executable"], links)}
-        needed = [python, probe["executable"], *probe["extensions"]]
-        cache = ["/etc/ld.so.cache"] if os.path.isfile("/etc/ld.so.cache") else []
-        files.update(_resolve(path, links) for path in [*_shared_libraries(needed), *cache])
-
-        def inside_folder(path: str) -> bool:
-            return any(path.startswith(folder + "/") for folder in folders)
-
-        folders = {folder for folder in folders if not inside_folder(folder)}
-        result = InterpreterFiles(
-            files=tuple(sorted(path for path in files if not inside_folder(path))),
-            folders=tuple(sorted(folders)),
-            symlinks=tuple(sorted((link, target) for link, target in links.items() if not inside_folder(link))),
-            hidden=tuple(probe["hidden"]),
-        )
-        _interpreters[python] = result
-        return result
-
-
 def _namespace_arguments() -> list[str]:
     arguments = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if os.geteuid() != 0:
@@ -359,7 +265,7 @@ class Sandbox:
         self.isolation = isolation
         self.as_root = os.geteuid() == 0
         # Memory cgroups when this process may create them (see `memory_bound_mb`).
-        self._cgroup_parents = _own_cgroups() if isolation == "bubblewrap" else {}
+        self._cgroup_parents = own_cgroups() if isolation == "bubblewrap" else {}
         self._seccomp = seccomp_filter() if isolation == "bubblewrap" else None
         if isolation == "bubblewrap" and self._seccomp is None:
             _warn_once(
@@ -391,10 +297,7 @@ class Sandbox:
     def memory_limited(self) -> bool:
         """Whether each execution runs in a memory cgroup of its own (needs write access to this process's cgroup:
         root, usually)."""
-        return "memory" in self._cgroup_parents or (
-            "unified" in self._cgroup_parents
-            and "memory" in _read_text(os.path.join(self._cgroup_parents["unified"], "cgroup.subtree_control")).split()
-        )
+        return memory_controlled(self._cgroup_parents)
 
     @staticmethod
     def _check_reachable(path: str) -> None:
@@ -425,31 +328,11 @@ class Sandbox:
         }
 
     def _bubblewrap_command(self) -> list[str]:
-        """The sandbox's filesystem is built from nothing: the interpreter, its standard library and the libraries
-        they load (read-only, at their host paths), a few devices, its own /proc (with /proc/sys read-only), a
-        size-capped /tmp (the program's folder; /dev/shm and /var/tmp point into it) and the judge. No other host
-        file, socket or folder exists in it."""
-        files = interpreter_files(self.config.python_executable)
+        """bubblewrap's command line: the filesystem (see `sandbox_filesystem.filesystem_arguments`: nothing of the
+        host but the interpreter's own files, read-only), new namespaces, as root the capabilities dropped, a scrubbed
+        environment, and the judge as the namespace's init."""
         command = [shutil.which("bwrap")]
-        # Parent folders first, world-searchable (bubblewrap would create them private).
-        for folder in sorted({*files.parents, "/dev", "/var"}):
-            command += ["--perms", "0755", "--dir", folder]
-        for path in (*files.folders, *files.files):
-            command += ["--ro-bind", path, path]
-        for path in files.hidden:
-            command += ["--size", "4096", "--tmpfs", path, "--remount-ro", path]
-        for link, target in files.symlinks:
-            command += ["--symlink", target, link]
-        for device in ("null", "zero", "full", "random", "urandom"):
-            command += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")):
-            command += ["--symlink", target, f"/dev/{name}"]
-        command += ["--symlink", "/proc/self/fd/2", "/dev/stderr", "--symlink", "/tmp", "/dev/shm"]
-        command += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
-        command += ["--perms", "1777", "--size", str(self.config.tmp_size_mb << 20), "--tmpfs", "/tmp"]
-        command += ["--symlink", "/tmp", "/var/tmp"]
-        command += ["--perms", "0755", "--dir", os.path.dirname(SANDBOX_JUDGE_PATH)]
-        command += ["--ro-bind", str(JUDGE_PATH), SANDBOX_JUDGE_PATH, "--remount-ro", "/"]
+        command += filesystem_arguments(self.config.python_executable, self.config.tmp_size_mb, JUDGE_PATH)
         command += _namespace_arguments()
         if self.as_root:
             # The judge only needs to hand the program its own uids (and, to empty the capability bounding set
@@ -548,11 +431,11 @@ class Sandbox:
         init, cgroups = None, None
         try:
             if info_read is not None:
-                init = _namespace_init(info_read, process.pid, start + timeout - time.monotonic())
+                init = namespace_init(info_read, process.pid, start + timeout - time.monotonic())
                 if init is not None and self._cgroup_parents:
                     # The judge waits for its job on stdin: whatever it starts is born in the cgroups.
-                    cgroups = _Cgroups(self._cgroup_parents, self.memory_bound_mb << 20)
-                    cgroups.add(_pid_of(init))
+                    cgroups = ExecutionCgroups(self._cgroup_parents, self.memory_bound_mb << 20)
+                    cgroups.add(pid_of(init))
             stdout, stderr, problem = communicate(
                 process, json.dumps(job).encode(), max(start + timeout - time.monotonic(), 0.01), max_bytes
             )
@@ -570,32 +453,11 @@ class Sandbox:
         process: subprocess.Popen,
         uids: tuple[int, int] | None,
         init: int | None = None,
-        cgroups: _Cgroups | None = None,
+        cgroups: ExecutionCgroups | None = None,
     ) -> None:
-        """SIGKILL the whole tree, from outside the sandbox whatever its processes do: the execution's cgroup (when
-        there is one), the namespace's init (the kernel then kills every process of its PID namespace), bubblewrap's
-        session and, without namespaces but as root, every process of the worker's uids."""
-        if cgroups is not None and "unified" in cgroups.folders:
-            cgroups._write(cgroups.folders["unified"], "cgroup.kill", 1)
-        if init is not None:
-            try:
-                signal.pidfd_send_signal(init, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(init)
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
-        if self.isolation == "none" and uids is not None:
-            kill_processes_of(set(uids))
-        if cgroups is not None:
-            cgroups.kill_and_remove()
+        """SIGKILL the execution's whole tree (see `sandbox_processes.kill_execution`); without namespaces but as
+        root, every process of the worker's uids too."""
+        kill_execution(process, init, cgroups, set(uids) if self.isolation == "none" and uids is not None else None)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -607,150 +469,6 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# Room the judge and the two interpreters need on top of the program's own memory, in a memory cgroup.
-CGROUP_OVERHEAD_MB = 64
-
-
-def _own_cgroups() -> dict[str, str]:
-    """Folders of this process's cgroups that it may create children in: `"memory"` (cgroup v1's memory controller)
-    and `"unified"` (cgroup v2, for `cgroup.kill`, and `memory.max` when the memory controller is enabled there)."""
-    found = {}
-    try:
-        with open("/proc/self/cgroup") as file:
-            lines = file.read().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            roots = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            kind = "unified"
-        elif "memory" in controllers.split(","):
-            roots, kind = ["/sys/fs/cgroup/memory"], "memory"
-        else:
-            continue
-        for root in roots:
-            folder = os.path.normpath(root + path)
-            marker = "cgroup.kill" if kind == "unified" else "memory.limit_in_bytes"
-            if kind == "unified" and not os.path.exists(os.path.join(root, "cgroup.controllers")):
-                continue
-            if os.path.isdir(folder) and os.access(folder, os.W_OK):
-                if kind == "memory" and not os.path.exists(os.path.join(folder, marker)):
-                    continue
-                found[kind] = folder
-                break
-    return found
-
-
-class _Cgroups:
-    """The execution's cgroups, when this process may create them (root, usually): a v1 memory cgroup capping the
-    whole execution's memory (processes, /tmp files, pipe buffers), a v2 cgroup whose `cgroup.kill` kills every
-    process in it. Every step is best effort: without them, the pidfd on the namespace's init does the killing."""
-
-    def __init__(self, parents: dict[str, str], limit_bytes: int) -> None:
-        name = f"hf-adaptive-decoding-{secrets.token_hex(8)}"
-        self.folders = {}
-        for kind, parent in parents.items():
-            folder = os.path.join(parent, name)
-            try:
-                os.mkdir(folder)
-            except OSError:
-                continue
-            self.folders[kind] = folder
-            limits = {"memory.limit_in_bytes": limit_bytes, "memory.memsw.limit_in_bytes": limit_bytes}
-            if kind == "unified":
-                limits = {"memory.max": limit_bytes, "memory.swap.max": 0}
-            for file, value in limits.items():
-                self._write(folder, file, value)
-
-    @staticmethod
-    def _write(folder: str, file: str, value) -> bool:
-        try:
-            with open(os.path.join(folder, file), "w") as handle:
-                handle.write(str(value))
-            return True
-        except OSError:
-            return False
-
-    def add(self, pid: int) -> None:
-        for folder in self.folders.values():
-            self._write(folder, "cgroup.procs", pid)
-
-    def kill_and_remove(self) -> None:
-        unified = self.folders.get("unified")
-        if unified is not None:
-            self._write(unified, "cgroup.kill", 1)
-        for folder in self.folders.values():
-            for _ in range(50):
-                try:
-                    os.rmdir(folder)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
-            else:
-                logger.warning("could not remove cgroup %s", folder)
-
-
-def _namespace_init(info_fd: int, bubblewrap_pid: int, timeout: float) -> int | None:
-    """A pidfd on the sandbox's init (bubblewrap's child, the judge), read from bubblewrap's `--info-fd`; closes
-    `info_fd`. `None` when bubblewrap died first or wrote nothing in time (bubblewrap's session is killed anyway)."""
-    data = b""
-    deadline = time.monotonic() + max(timeout, 0.01)
-    try:
-        while len(data) < 4096:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([info_fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(info_fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-            if b"}" in chunk:
-                break
-    finally:
-        os.close(info_fd)
-    try:
-        pid = int(json.loads(data)["child-pid"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    # The pidfd pins a process; it is the sandbox's init only if bubblewrap is its parent (a pid is not reused
-    # while bubblewrap has not reaped it).
-    if _parent_of(pid) != bubblewrap_pid:
-        os.close(pidfd)
-        return None
-    return pidfd
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path) as file:
-            return file.read()
-    except OSError:
-        return ""
-
-
-def _pid_of(pidfd: int) -> int:
-    with open(f"/proc/self/fdinfo/{pidfd}") as info:
-        return next(int(line.split()[1]) for line in info if line.startswith("Pid:"))
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("PPid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def parse_report(stdout: bytes, nonce: str) -> dict | None:
@@ -767,35 +485,3 @@ def parse_report(stdout: bytes, nonce: str) -> dict | None:
         if isinstance(candidate, dict) and candidate.pop("nonce", None) == nonce:
             report = candidate
     return report
-
-
-def processes_of(uids: set[int]) -> list[int]:
-    """PIDs of the processes whose real uid is in `uids`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as status:
-                for line in status:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) in uids:
-                            found.append(int(entry))
-                        break
-        except OSError:
-            continue
-    return found
-
-
-def kill_processes_of(uids: set[int]) -> None:
-    """SIGKILL every process of `uids` until none is left (a fork bomb may still be forking)."""
-    for _ in range(100):
-        pids = processes_of(uids)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs root (to become nobody), setpriv and a system Python readable by nobody",
 )
 
-# Runs as nobody with the system Python: the sandbox needs the standard library only, so its two modules are loaded
+# Runs as nobody with the system Python: the sandbox needs the standard library only, so its modules are loaded
 # without the package's __init__ (which imports torch, out of nobody's reach here). The attacks come in a JSON file:
 # "raw" ones are whole stdin/stdout programs; "breach" ones define `breached` (the attack worked) and run in both
 # styles, answering right only when it did.
@@ -80,7 +80,14 @@ def surviving(marker: str) -> list[int]:
 
 # What the scenario loads: the sandbox's modules, copied out of the checkout, which nobody may be unable to enter (a
 # clone under /root, or in a mode-700 folder).
-SANDBOX_MODULES = ("__init__.py", "sandbox.py", "sandbox_judge.py", "seccomp.py")
+SANDBOX_MODULES = (
+    "__init__.py",
+    "sandbox.py",
+    "sandbox_filesystem.py",
+    "sandbox_judge.py",
+    "sandbox_processes.py",
+    "seccomp.py",
+)
 
 
 @pytest.fixture
