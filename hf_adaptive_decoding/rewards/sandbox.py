@@ -115,9 +115,11 @@ class SandboxConfig:
         max_processes (`int`, defaults to 32): processes and threads of the program. Enforced for root too: as
             root, the sandbox runs programs under a uid of their own (`uid_base` and up), for which the kernel
             enforces `RLIMIT_NPROC`.
-        max_output_bytes (`int`, defaults to 1 MiB): stdout plus stderr of each run of a stdin/stdout program, and
-            each answer of a generated function; more fails the execution. The judge compares outputs itself, so
-            the total over many tests does not count.
+        max_output_bytes (`int`, defaults to 1 MiB): the stdout of each run of a stdin/stdout program (its stderr
+            is discarded), and each answer of a generated function; more fails the execution. The judge compares
+            outputs itself, so the total over many tests or calls does not count. What a generated function prints
+            is not an answer and never fails it: the judge drains it, keeps the first `max_output_bytes` for
+            `ExecutionResult.stderr` and discards the rest.
         max_file_mb (`int`, defaults to 16): the largest file a program may write (`RLIMIT_FSIZE`).
         tmp_size_mb (`int`, defaults to 64): size of the sandbox's only writable folder, `/tmp` (`/dev/shm` and
             `/var/tmp` point to it).
@@ -183,7 +185,8 @@ class ExecutionResult:
     Args:
         status (`str`): `"ok"` (the judge reported), `"timeout"`, `"output_limit"` or `"crashed"` (no report).
         report (`dict`, *optional*): the judge's report, parsed from plain JSON.
-        stderr (`str`): the first `max_output_bytes` of stderr, for debugging.
+        stderr (`str`): the first `max_output_bytes` of the judge's stderr, for debugging (in function mode, the
+            start of what the generated function printed).
         wall_time (`float`): seconds.
     """
 

@@ -11,7 +11,9 @@ printing a fake report can only make the execution fail.
 
 - `mode="function"` (HumanEval style): the candidate executes `program` and serves calls to `entry_point`; the
   judge executes `setup` (the problem's prompt: imports and helpers the test may use) and `test`, then calls
-  `check(candidate)`. Report: `{"passed": bool, "error": str | None}`.
+  `check(candidate)`. Report: `{"passed": bool, "error": str | None}`. Each answer is capped at `max_output_bytes`;
+  what the program prints is not an answer: the judge drains it while it waits for answers, passes the first
+  `max_output_bytes` on to its stderr (for debugging) and discards the rest, so printing never fails a function.
 - `mode="stdio"` (CodeContests style): `program` runs once per test input, on its own, with the input on stdin
   (then EOF). Report: `{"outputs": [str | None, ...], "errors": [...], "matched": [bool, ...]}`: the judge compares
   each output with `expected` ([`outputs_match`]) and reports the verdict and the output's first
@@ -234,28 +236,37 @@ def _candidate_command(job: dict) -> list[str]:
 
 
 class _Candidate:
-    """A callable standing for the generated function: plain arguments out, a plain value back."""
+    """A callable standing for the generated function: plain arguments out, a plain value back. Each answer may
+    take `max_output_bytes`; what the program prints goes to a pipe of its own that the judge drains while it waits
+    for an answer, passing the first `max_output_bytes` on to its stderr and discarding the rest."""
 
     def __init__(self, job: dict, uid: int | None) -> None:
         to_child, self._requests = os.pipe()
         self._responses, from_child = os.pipe()
+        self._printed, printed = os.pipe()
         here = os.path.dirname(os.path.abspath(__file__))
-        self.process = subprocess.Popen(
-            [*_candidate_command(job), "-c", _CANDIDATE_SERVER, str(to_child), str(from_child), here],
-            stdin=subprocess.DEVNULL,
-            # What the program prints reaches the parent's capped stderr capture, never the report.
-            stdout=sys.stderr.fileno(),
-            stderr=sys.stderr.fileno(),
-            pass_fds=(to_child, from_child),
-            preexec_fn=lambda: _limit(job, uid),
-            start_new_session=True,
-            cwd=job["workdir"],
-        )
-        os.close(to_child)
-        os.close(from_child)
+        try:
+            self.process = subprocess.Popen(
+                [*_candidate_command(job), "-c", _CANDIDATE_SERVER, str(to_child), str(from_child), here],
+                stdin=subprocess.DEVNULL,
+                # What the program prints never reaches the report, and never fails the execution.
+                stdout=printed,
+                stderr=printed,
+                pass_fds=(to_child, from_child),
+                preexec_fn=lambda: _limit(job, uid),
+                start_new_session=True,
+                cwd=job["workdir"],
+            )
+        finally:
+            for fd in (to_child, from_child, printed):
+                os.close(fd)
         self._write = os.fdopen(self._requests, "wb")
-        self._read = os.fdopen(self._responses, "rb")
         self._max_bytes = job["limits"]["max_output_bytes"]
+        self._print_room = self._max_bytes
+        self._pending = b""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._responses, selectors.EVENT_READ)
+        self._selector.register(self._printed, selectors.EVENT_READ)
         self._send({"program": job["program"], "entry_point": job["entry_point"]})
         reply = self._receive()
         if "ready" not in reply:
@@ -265,11 +276,32 @@ class _Candidate:
         self._write.write(((message if isinstance(message, str) else json.dumps(message)) + "\n").encode())
         self._write.flush()
 
+    def _drain_printed(self) -> None:
+        """Reads what the program printed: the first `max_output_bytes` go on to stderr, the rest is discarded."""
+        chunk = os.read(self._printed, 65536)
+        if not chunk:
+            self._selector.unregister(self._printed)
+            return
+        kept = memoryview(chunk)[: self._print_room]
+        self._print_room -= len(kept)
+        while kept:
+            kept = kept[os.write(2, kept) :]
+
     def _receive(self) -> dict:
-        line = self._read.readline(self._max_bytes + 1)
-        if not line:
-            raise CandidateError("the program exited before answering")
-        if len(line) > self._max_bytes:
+        # The answer is one line, read up to its cap (newline included), what the program prints drained meanwhile.
+        while b"\n" not in self._pending:
+            if len(self._pending) > self._max_bytes:
+                raise CandidateError(f"an answer longer than {self._max_bytes} bytes")
+            for key, _ in self._selector.select():
+                if key.fileobj == self._printed:
+                    self._drain_printed()
+                    continue
+                chunk = os.read(self._responses, 65536)
+                if not chunk:
+                    raise CandidateError("the program exited before answering")
+                self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        if len(line) + 1 > self._max_bytes:
             raise CandidateError(f"an answer longer than {self._max_bytes} bytes")
         reply = json.loads(line)
         if not isinstance(reply, dict):

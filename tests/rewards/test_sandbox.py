@@ -686,16 +686,12 @@ def attacks() -> dict[str, list[Case]]:
             cc("secret", FIND_SECRET + "\nprint(find_secret())\n", problem="leak"),
         ],
         "flood_output": [
-            he(
-                "stdout",
-                "import sys\n\ndef add(a, b):\n"
-                "    for _ in range(1024):\n        sys.stdout.write('x' * (1 << 20))\n    return a + b\n",
-            ),
-            he(
-                "stderr",
-                "import sys\n\ndef add(a, b):\n"
-                "    for _ in range(1024):\n        sys.stderr.write('x' * (1 << 20))\n    return a + b\n",
-            ),
+            # What a function prints is drained and discarded beyond max_output_bytes (printing a lot and then
+            # answering right passes, see test_correct_function_printing_more_than_the_cap_passes): an endless
+            # flood must end at the deadline, with the trainer's memory untouched.
+            he("stdout", "import sys\n\ndef add(a, b):\n    while True:\n        sys.stdout.write('x' * (1 << 20))\n"),
+            he("stderr", "import sys\n\ndef add(a, b):\n    while True:\n        sys.stderr.write('x' * (1 << 20))\n"),
+            he("fd_1", "import os\n\ndef add(a, b):\n    while True:\n        os.write(1, b'3' * (1 << 20))\n"),
             he("huge_answer", "def add(a, b):\n    return [a + b] * (30 << 20)\n"),
             cc("stdout", "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n"),
             cc("stdout_one_line", "import os\nwhile True:\n    os.write(1, b'3' * (1 << 20))\n"),
@@ -1469,6 +1465,45 @@ def test_correct_program_with_large_outputs_passes(reward):
     outputs = ["7" * 400000 + "\n"] * 3
     scores = reward(["p"], [program], test_inputs=[inputs], test_outputs=[outputs])
     assert scores == [1.0]
+
+
+PRINTING_ADD = """
+import os, sys
+
+def add(a, b):
+    print("o" * 40000)
+    print("e" * 40000, file=sys.stderr)
+    os.write(1, b"w" * 40000)
+    return a + b
+"""
+
+
+def test_correct_function_printing_more_than_the_cap_passes():
+    """What a generated function prints is not its answer: a right function printing more than max_output_bytes over
+    its calls (here 120 kB per call, four calls, against a 64 KiB cap) passes, and the execution's stderr keeps the
+    first max_output_bytes of it. Each answer stays capped: answers that total more than the cap pass, one answer
+    longer than the cap fails."""
+    cap = 64 << 10
+    with Sandbox(make_config(max_output_bytes=cap, num_workers=1)) as sandbox:
+
+        def run(program: str, test: str = ADD_TEST, setup: str = "import math\n", entry_point: str = "add"):
+            job = {"mode": "function", "program": program, "setup": setup, "test": test, "entry_point": entry_point}
+            return sandbox.run(job)
+
+        printing = run(PRINTING_ADD)
+        assert printing.status == "ok", printing
+        assert printing.report == {"passed": True, "error": None}, printing.report
+        assert 0 < len(printing.stderr) <= cap
+        assert set(printing.stderr) <= set("oew\n")
+        # Four answers of 40 kB each: 160 kB in all.
+        test = "def check(candidate):\n" + "".join(f"    assert candidate({n}) == 'x' * 40000\n" for n in range(4))
+        answers = run("def text(n):\n    return 'x' * 40000\n", test, "", "text")
+        assert answers.report == {"passed": True, "error": None}, answers.report
+        test = "def check(candidate):\n    assert candidate(0) == 'x' * 70000\n"
+        too_long = run("def text(n):\n    return 'x' * 70000\n", test, "", "text")
+        assert too_long.status == "ok", too_long
+        assert too_long.report["passed"] is False
+        assert f"an answer longer than {cap} bytes" in too_long.report["error"]
 
 
 def test_many_tests_get_time_each(reward):
