@@ -273,7 +273,8 @@ class Sandbox:
         if isolation == "bubblewrap" and self._seccomp is None:
             _warn_once(
                 f"No seccomp filter for {platform.machine()} (only x86-64 has one): sandboxed programs can create "
-                "user namespaces and unix sockets (datagram pairs too), take file locks, and reach every system call."
+                "user namespaces and sockets of any family (vsock, unix, TCP buffers outside the memory bound), take "
+                "file locks, and reach every system call."
             )
         if self.as_root and isolation == "none":
             self._check_reachable(self.config.python_executable)

@@ -6,10 +6,16 @@ wheel on PyPI.
 It refuses, with `EPERM`, the system calls a generated program has no use for and that widen the kernel's attack
 surface or reach outside the namespaces: new user namespaces (`unshare`, `clone` with `CLONE_NEWUSER`), joining
 namespaces, mounting, `ptrace` and cross-process memory access, keyrings, eBPF, perf events, userfaultfd, io_uring,
-kernel modules and kexec, unix-socket `socket()` calls (a read-only mount does not stop `connect()` to a host
-socket file the sandbox can see) and `socketpair(AF_UNIX, ...)` of any type but `SOCK_STREAM` (a datagram socket
-can `sendto()` any socket path; stream pairs, which Python's `socket.socketpair()` and multiprocessing use, are
-connected already), and file leases (`fcntl(F_SETLEASE)`). File locks (`flock`, and `fcntl` with `F_SETLK`,
+kernel modules and kexec, every `socket()` call but `socket(AF_NETLINK, ..., NETLINK_ROUTE)` and
+`socketpair(AF_UNIX, ...)` of any type but `SOCK_STREAM`, and file leases (`fcntl(F_SETLEASE)`). `socket()` is an
+allow-list: the network namespace has nothing but a loopback of its own, so a generated program has no use for a
+socket, and some families reach outside it (`AF_VSOCK` ports are machine-wide and reach the hypervisor; a
+read-only mount does not stop `connect()` to a host unix socket file the sandbox can see) or escape the memory
+bound (TCP buffers queued over loopback connections are not charged to a v1 memory cgroup, nor to any cgroup as
+an ordinary user). What the standard library needs without a network stays allowed: route netlink, namespaced,
+for `getifaddrs`, `if_nameindex` and `getaddrinfo`; stream socketpairs, which `socket.socketpair()`, asyncio's
+event loop and multiprocessing use, connected already (a datagram pair can `sendto()` any socket path);
+`socket.gethostname()` and `platform.node()` call `uname`. File locks (`flock`, and `fcntl` with `F_SETLK`,
 `F_SETLKW`, `F_OFD_SETLK`, `F_OFD_SETLKW`) succeed without doing anything: a lock on a file the host shares with
 the sandbox (the interpreter, its libraries) would otherwise block host processes. `clone3` gets `ENOSYS`, so that
 the C library falls back to `clone`, whose flags a filter can read. Calls through another ABI (i386, x32) are
@@ -27,7 +33,7 @@ import struct
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 CLONE_NEWUSER = 0x10000000
-AF_UNIX = 1
+AF_UNIX, AF_NETLINK, NETLINK_ROUTE = 1, 16, 0
 SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF  # the type without SOCK_NONBLOCK and SOCK_CLOEXEC
 # fcntl commands (asm-generic/fcntl.h, linux/fcntl.h).
 LOCKS = (6, 7, 37, 38)  # F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW
@@ -78,7 +84,7 @@ RETURN = 0x06  # BPF_RET | BPF_K
 ALLOW = 0x7FFF0000
 ERRNO = 0x00050000
 # struct seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6] (the low half first, little-endian).
-NUMBER, ARCH, FIRST_ARGUMENT, SECOND_ARGUMENT = 0, 4, 16, 24
+NUMBER, ARCH, FIRST_ARGUMENT, SECOND_ARGUMENT, THIRD_ARGUMENT = 0, 4, 16, 24, 32
 
 
 def _instruction(code: int, k: int, jump_true: int = 0, jump_false: int = 0) -> bytes:
@@ -102,11 +108,13 @@ def seccomp_filter() -> bytes | None:
     for number in DENIED.values():
         program += [_instruction(JUMP_EQUAL, number, 0, 1), _instruction(RETURN, deny)]
     program += [_instruction(JUMP_EQUAL, CLONE3, 0, 1), _instruction(RETURN, unavailable)]
-    # socket(AF_UNIX, ...) is refused; any other socket() is allowed (the network namespace has no route out).
+    # socket(family, type, protocol) is refused unless it is socket(AF_NETLINK, type, NETLINK_ROUTE).
     program += [
-        _instruction(JUMP_EQUAL, SOCKET, 0, 4),
+        _instruction(JUMP_EQUAL, SOCKET, 0, 6),
         _instruction(LOAD_WORD, FIRST_ARGUMENT),
-        _instruction(JUMP_EQUAL, AF_UNIX, 0, 1),
+        _instruction(JUMP_EQUAL, AF_NETLINK, 0, 2),
+        _instruction(LOAD_WORD, THIRD_ARGUMENT),
+        _instruction(JUMP_EQUAL, NETLINK_ROUTE, 1, 0),
         _instruction(RETURN, deny),
         _instruction(RETURN, ALLOW),
     ]

@@ -83,7 +83,12 @@ def test_filter_decisions_for_sockets_and_locks():
     for kind in (2, 5):  # SOCK_DGRAM, SOCK_SEQPACKET
         assert run_filter(seccomp.SOCKETPAIR, 1, kind | sock_cloexec) == deny
     assert run_filter(seccomp.SOCKET, 1, 2) == deny
-    assert run_filter(seccomp.SOCKET, 2, 2) == seccomp.ALLOW  # AF_INET: the namespace has no route out
+    # socket() is an allow-list: route netlink only (AF_INET, AF_INET6, AF_PACKET, AF_ALG, AF_VSOCK refused).
+    for family in (2, 10, 17, 38, 40):
+        for kind in (1, 2, 3 | sock_cloexec):  # SOCK_STREAM, SOCK_DGRAM, SOCK_RAW
+            assert run_filter(seccomp.SOCKET, family, kind, 0) == deny
+    assert run_filter(seccomp.SOCKET, seccomp.AF_NETLINK, 3 | sock_cloexec, seccomp.NETLINK_ROUTE) == seccomp.ALLOW
+    assert run_filter(seccomp.SOCKET, seccomp.AF_NETLINK, 2, 15) == deny  # NETLINK_KOBJECT_UEVENT
     assert run_filter(seccomp.FLOCK, 3, 2) == nothing_done
     for command in seccomp.LOCKS:
         assert run_filter(seccomp.FCNTL, 3, command) == nothing_done
@@ -129,3 +134,38 @@ def test_datagram_socketpairs_and_leases_refused_locks_no_ops_and_multiprocessin
     with Sandbox(SandboxConfig(isolation="bubblewrap", timeout=20)) as sandbox:
         result = sandbox.run({"mode": "stdio", "program": SOCKETS_AND_LOCKS, "inputs": [""], "expected": [""]})
     assert result.report["outputs"] == ["refused refused refused 7 3\n"], result
+
+
+NO_NETWORK = """
+import asyncio, multiprocessing, platform, socket, uuid
+
+results = [len(str(uuid.uuid4())), len(str(uuid.uuid1())), bool(platform.node()), bool(socket.gethostname())]
+results.append(sorted(name for _, name in socket.if_nameindex()))  # route netlink
+results.append(asyncio.run(asyncio.sleep(0, "asyncio")))  # the event loop's self-pipe is a stream socketpair
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    results.append(sum(pool.map(abs, [-1, -2])))
+for family, kind in [
+    (socket.AF_INET, socket.SOCK_STREAM),
+    (socket.AF_INET, socket.SOCK_DGRAM),
+    (socket.AF_INET6, socket.SOCK_STREAM),
+    (socket.AF_VSOCK, socket.SOCK_STREAM),
+    (socket.AF_PACKET, socket.SOCK_RAW),
+    (socket.AF_NETLINK, socket.SOCK_DGRAM),  # NETLINK_KOBJECT_UEVENT below
+]:
+    try:
+        socket.socket(family, kind, 15 if family == socket.AF_NETLINK else 0)
+        results.append("created")
+    except PermissionError:
+        results.append("refused")
+print(*results)
+"""
+
+
+@pytest.mark.skipif(not bubblewrap_available() or seccomp.seccomp_filter() is None, reason="needs bwrap on x86-64")
+def test_only_route_netlink_sockets_and_the_standard_library_without_network_works():
+    """Red team H1/H2: AF_VSOCK ports are machine-wide (a host bind got EADDRINUSE) and TCP buffers over loopback
+    escaped the memory bound; socket() is now an allow-list."""
+    with Sandbox(SandboxConfig(isolation="bubblewrap", timeout=20)) as sandbox:
+        result = sandbox.run({"mode": "stdio", "program": NO_NETWORK, "inputs": [""], "expected": [""]})
+    refused = " ".join(["refused"] * 6)
+    assert result.report["outputs"] == [f"36 36 True True ['lo'] asyncio 3 {refused}\n"], result
