@@ -113,8 +113,9 @@ def make_code_reward(config: SandboxConfig | None = None, sandbox: Sandbox | Non
       that is the code itself). The generated function runs in its own process and answers `check`'s calls with
       plain values only; `check` runs in another process, so the program can neither fake a pass nor tamper with
       the test.
-    - CodeContests style: `test_inputs` and `test_outputs` (lists of str), optional `time_limit` (seconds). The whole
-      program runs once per input; every output line must match in full (trailing whitespace aside).
+    - CodeContests style: `test_inputs` and `test_outputs` (lists of str), optional `time_limit` (seconds, or
+      `{"seconds": 2, "nanos": 0}`; any other value gets `config.test_timeout` with a warning). The whole program
+      runs once per input; every output line must match in full (trailing whitespace aside).
     - Neither: `None` (the reward does not apply to the row, as in TRL).
 
     Executions run in parallel across `config.num_workers` workers.

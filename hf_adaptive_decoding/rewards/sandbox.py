@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import secrets
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,6 +226,27 @@ def _namespace_arguments() -> list[str]:
     return [*arguments, "--die-with-parent", "--new-session", "--as-pid-1"]
 
 
+def _time_limit(value, default: float) -> float:
+    """A row's `time_limit` in seconds: a number, a string holding one, or the `{"seconds": 2, "nanos": 0}`
+    mapping of the Hugging Face CodeContests dataset. `None` or 0 mean none was given; anything else (negative, NaN,
+    infinite, not a number) gives `default` with a warning, and never raises."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+        return default
+    try:
+        if isinstance(value, Mapping):
+            seconds = float(value.get("seconds") or 0) + float(value.get("nanos") or 0) / 1e9
+        elif isinstance(value, bool):
+            raise TypeError("a bool is not a number of seconds")
+        else:
+            seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        logger.warning("A row's time_limit of %r is not a positive number of seconds: test_timeout applies.", value)
+        return default
+    return seconds
+
+
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
@@ -379,7 +402,7 @@ class Sandbox:
         workdir = None
         pass_fds = ()
         info_read = None
-        time_limit = min(float(job.get("time_limit") or self.config.test_timeout), self.config.test_timeout)
+        time_limit = min(_time_limit(job.get("time_limit"), self.config.test_timeout), self.config.test_timeout)
         # Limits bound each test, not the number of tests: every stdin/stdout test adds its own time to the deadline
         # and its own room to the report (the judge compares outputs and reports short prefixes of them).
         num_tests = len(job.get("inputs") or ())

@@ -334,3 +334,24 @@ def test_signature_only_code_prompt(reward):
         entry_point=["add"] * 2,
     )
     assert scores == [1.0, 1.0]
+
+
+@needs_sandbox
+def test_malformed_time_limits_fall_back_to_test_timeout(reward, caplog):
+    """Red team F7: Hugging Face CodeContests gives `{"seconds": 2, "nanos": 0}` (a TypeError out of run_many lost
+    every row) and a negative time_limit timed out every test. A mapping or a number of seconds is read; anything
+    else gets test_timeout with a warning naming it, and every row its score."""
+    program = "import time\ntime.sleep(0.3)\nprint(1)\n"
+    limits = [{"seconds": 1, "nanos": 500_000_000}, -1, float("nan"), "soon", "1.5", [2], None, 1.0]
+    with caplog.at_level("WARNING", logger="hf_adaptive_decoding.rewards.sandbox"):
+        scores = reward(
+            ["p"] * len(limits),
+            [program] * len(limits),
+            test_inputs=[["\n"]] * len(limits),
+            test_outputs=[["1\n"]] * len(limits),
+            time_limit=limits,
+        )
+    assert scores == [1.0] * len(limits)
+    for value in ("-1", "nan", "'soon'", "[2]"):
+        assert f"time_limit of {value} " in caplog.text
+    assert "'1.5'" not in caplog.text and "nanos" not in caplog.text
