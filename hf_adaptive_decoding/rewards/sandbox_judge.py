@@ -389,9 +389,17 @@ def _run_stdio(job: dict, report) -> None:
             start_new_session=True,
             cwd=job["workdir"],
         )
+        deadline = time.monotonic() + job["time_limit"]
         stdout, _, problem = communicate(
             process, test_input.encode(), job["time_limit"], job["limits"]["max_output_bytes"]
         )
+        if problem is None:
+            # stdout's EOF is not the program's exit: one that closes stdout (`with open(1, "w")`, `os.fdopen(1)`)
+            # may still be working. It gets the rest of its time limit to exit, then whatever is left is killed.
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                problem = "timeout"
         _kill_all_of(uid, process)
         returncode = process.wait()
         _reap_orphans()

@@ -1467,6 +1467,42 @@ def test_correct_program_with_large_outputs_passes(reward):
     assert scores == [1.0]
 
 
+# Correct stdin/stdout programs that close stdout before they exit, some with more work after it (red team F1).
+CLOSES_STDOUT = {
+    "sys.stdout.close()": "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.stdout.close()\n",
+    "sys.stdout = open(1, 'w')": "import sys\nsys.stdout = open(1, 'w')\na, b = map(int, input().split())\n"
+    "print(a + b)\n",
+    "with open(1, 'w')": (
+        "a, b = map(int, input().split())\nwith open(1, 'w') as out:\n    out.write(str(a + b) + '\\n')\n"
+        "import decimal, fractions, json, statistics\n"
+    ),
+    "os.fdopen(1, 'w')": (
+        "import os\na, b = map(int, input().split())\nf = os.fdopen(1, 'w')\nf.write(str(a + b) + '\\n')\n"
+        "f.close()\nimport decimal, fractions, json, statistics\nsum(range(10**6))\n"
+    ),
+}
+
+
+def test_correct_programs_closing_stdout_pass(reward):
+    """Red team F1: the judge killed the program at stdout's EOF, before it exited (`exit status -9`); it now waits
+    for the exit for the rest of the test's time limit. Five runs of each idiom, none failing."""
+    programs = [program for program in CLOSES_STDOUT.values() for _ in range(5)]
+    scores = reward(
+        ["p"] * len(programs),
+        programs,
+        test_inputs=[["1 2\n"]] * len(programs),
+        test_outputs=[["3\n"]] * len(programs),
+    )
+    assert scores == [1.0] * len(programs), list(zip(programs, scores, strict=True))
+
+
+def test_a_program_closing_stdout_still_has_its_time_limit(reward):
+    program = "import os, time\nos.close(1)\ntime.sleep(60)\n"
+    start = time.monotonic()
+    scores = reward(["p"], [program], test_inputs=[["\n"]], test_outputs=[[""]])
+    assert scores == [0.0] and time.monotonic() - start < TIMEOUT + TEST_TIMEOUT + 2
+
+
 PRINTING_ADD = """
 import os, sys
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.rewards.folders import SYSTEM_FOLDERS, reachable_by_everyone, shared_parent
+from tests.rewards.test_sandbox import CLOSES_STDOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -296,6 +297,9 @@ def test_unprivileged_sandbox_holds(public_tmp):
             "delete_canary": f"import os\nos.remove({str(canary)!r})\nprint(3)",
             "network": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\nprint(3)",
             "secret": "import os\nprint(os.environ.get('HFAD_CANARY_SECRET', 'none'))",
+            **{
+                f"closes_stdout_{i}_{n}": program for i, program in enumerate(CLOSES_STDOUT.values()) for n in range(5)
+            },
         },
         "expected": {"secret": "s3cr3t-7c1e"},
         "breach": {"correct": "breached = True\n", **breaches(canary, folder, socket_path, database, marker)},
@@ -336,6 +340,9 @@ def test_unprivileged_sandbox_holds(public_tmp):
     for name in ("overwrite_canary", "delete_canary"):
         assert results[name][1]["outputs"] == [None], (name, results[name])  # read-only or absent: it died
     assert results["secret"][1]["outputs"] == ["none\n"]
+    closing = {name: result for name, result in results.items() if name.startswith("closes_stdout_")}
+    assert len(closing) == 5 * len(CLOSES_STDOUT)
+    assert all(report["matched"] == [True] for _, report in closing.values()), closing
     assert results["correct/stdio"][1]["matched"] == [True] and results["correct/function"][1]["passed"] is True
     passed = {
         name: (report or {}).get("matched") == [True] or (report or {}).get("passed") is True
