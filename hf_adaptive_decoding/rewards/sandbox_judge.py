@@ -32,6 +32,7 @@ import os
 import resource
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -226,6 +227,14 @@ def _limit(job: dict, uid: int | None) -> None:
     ):
         resource.setrlimit(getattr(resource, name), (value, value))
     if uid is not None:
+        # The judge's pipes are its own uid's, mode 0600: `open("/dev/stdin")` or `open("/dev/stdout", "w")` (which
+        # reopen them) would then fail under `uid`. Only the program holds them; /dev/null is left alone.
+        for fd in (0, 1, 2):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.fchmod(fd, 0o666)
+            except OSError:
+                pass
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)

@@ -1503,6 +1503,16 @@ def test_a_program_closing_stdout_still_has_its_time_limit(reward):
     assert scores == [0.0] and time.monotonic() - start < TIMEOUT + TEST_TIMEOUT + 2
 
 
+def test_program_reopening_dev_stdin_and_dev_stdout_passes(reward):
+    """Red team F2: as root, the judge's pipes were root's with mode 0600, so reopening them under the program's
+    uid raised PermissionError; they are now readable and writable by the program (the only one holding them)."""
+    program = (
+        "a, b = map(int, open('/dev/stdin').read().split())\n"
+        "with open('/dev/stdout', 'w') as out:\n    out.write(f'{a + b}\\n')\n"
+    )
+    assert reward(["p"], [program], test_inputs=[["1 2\n"]], test_outputs=[["3\n"]]) == [1.0]
+
+
 PRINTING_ADD = """
 import os, sys
 
