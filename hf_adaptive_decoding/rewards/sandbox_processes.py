@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 # Room the judge and the two interpreters need on top of the program's own memory, in a memory cgroup.
 CGROUP_OVERHEAD_MB = 64
+# How long kill_execution waits for the namespace's init to report its exit (its whole namespace gone).
+INIT_EXIT_WAIT_MS = 2000
 
 
 def own_cgroups() -> dict[str, str]:
@@ -210,8 +212,9 @@ def kill_execution(
 ) -> None:
     """SIGKILL the whole tree, from outside the sandbox whatever its processes do: the execution's cgroup (when
     there is one), the namespace's init `init` (a pidfd, closed here; the kernel then kills every process of its PID
-    namespace), bubblewrap's session (`process`, reaped and its pipes closed) and every process of `uids` (without
-    namespaces but as root); then removes the cgroups."""
+    namespace, and the pidfd reports the init's exit once they are all gone: waited for, up to 2 s), bubblewrap's
+    session (`process`, reaped and its pipes closed) and every process of `uids` (without namespaces but as root);
+    then removes the cgroups."""
     if cgroups is not None:
         cgroups.kill()
     if init is not None:
@@ -219,6 +222,12 @@ def kill_execution(
             signal.pidfd_send_signal(init, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        try:
+            # The init's pidfd reports its exit once the kernel has killed and reaped every other process of its
+            # namespace: waiting for it (bounded) means nothing of the execution outlives this call.
+            poller = select.poll()
+            poller.register(init, select.POLLIN)
+            poller.poll(INIT_EXIT_WAIT_MS)
         finally:
             os.close(init)
     try:

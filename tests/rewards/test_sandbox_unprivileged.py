@@ -59,10 +59,25 @@ for name, code in attacks["breach"].items():
     jobs.append({"mode": "function", "program": program, "setup": "", "test": test, "entry_point": "add"})
 start = time.monotonic()
 results = sandbox.run_many(jobs)
+seconds = time.monotonic() - start
+# Processes of the execution still alive right after run() returns (the kill waits for the namespace to be gone).
+survivors = []
+for _ in range(3):
+    sleepers = {"mode": "function", "program": attacks["sleepers"], "setup": "", "test": test, "entry_point": "add"}
+    sandbox.run(sleepers, timeout=2)  # the deadline: killed from outside
+    found = 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                found += attacks["sleeper_marker"].encode() in file.read()
+        except OSError:
+            pass
+    survivors.append(found)
 print(json.dumps({
+    "survivors": survivors,
     "isolation": sandbox.isolation,
     "as_root": sandbox.as_root,
-    "seconds": time.monotonic() - start,
+    "seconds": seconds,
     "results": {name: [r.status, r.report] for name, r in zip(names, results)},
 }))
 """
@@ -302,6 +317,13 @@ def test_unprivileged_sandbox_holds(public_tmp):
             },
         },
         "expected": {"secret": "s3cr3t-7c1e"},
+        # Twelve sleepers forked and exec'd, then the execution's deadline (red team H4).
+        "sleepers": (
+            "import os, sys, time\nfor _ in range(12):\n    if os.fork() == 0:\n        os.execv(sys.executable, "
+            f"[sys.executable, '-c', 'import time; time.sleep(60)', '{marker}-sleeper'])\n"
+            "time.sleep(30)\ndef add(a, b):\n    return a + b\n"
+        ),
+        "sleeper_marker": f"{marker}-sleeper",
         "breach": {"correct": "breached = True\n", **breaches(canary, folder, socket_path, database, marker)},
     }
     (tmp_path / "attacks.json").write_text(json.dumps(attacks))
@@ -359,5 +381,6 @@ def test_unprivileged_sandbox_holds(public_tmp):
     assert received is None, f"the host's datagram socket received {received!r}"
     assert not blocked, f"locks taken in the sandbox blocked the host: {sorted(set(blocked))}"
     assert canary.read_text() == "intact"
+    assert outcome["survivors"] == [0, 0, 0], "processes of the execution alive when run() returned"
     assert surviving(marker) == []
     assert outcome["seconds"] < 60
