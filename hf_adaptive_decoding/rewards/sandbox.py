@@ -407,7 +407,8 @@ class Sandbox:
         # and its own room to the report (the judge compares outputs and reports short prefixes of them).
         num_tests = len(job.get("inputs") or ())
         timeout = timeout + num_tests * time_limit
-        max_bytes = self.config.max_output_bytes + REPORT_BYTES + num_tests * (REPORT_OUTPUT_CHARS * 6 + 256)
+        # A reported character takes up to 12 bytes of JSON (a character outside the BMP is two \\u escapes).
+        max_bytes = self.config.max_output_bytes + REPORT_BYTES + num_tests * (REPORT_OUTPUT_CHARS * 12 + 256)
         if self.isolation == "bubblewrap":
             command, cwd = self._bubblewrap_command(), "/"
             info_read, info_write = os.pipe()

@@ -1513,6 +1513,17 @@ def test_program_reopening_dev_stdin_and_dev_stdout_passes(reward):
     assert reward(["p"], [program], test_inputs=[["1 2\n"]], test_outputs=[["3\n"]]) == [1.0]
 
 
+def test_reported_outputs_outside_the_bmp_fit_the_report():
+    """Red team F6: the report's room counted 6 bytes of JSON per reported character, but a character outside the
+    BMP takes 12 (two \\u escapes): 20 tests of 1000 emoji with max_output_bytes=4096 failed with output_limit."""
+    program = "print('\\U0001F600' * 1000)\n"
+    with Sandbox(make_config(max_output_bytes=4096, timeout=10.0)) as sandbox:
+        result = sandbox.run(
+            {"mode": "stdio", "program": program, "inputs": ["\n"] * 20, "expected": ["\U0001f600" * 1000] * 20}
+        )
+    assert result.status == "ok" and result.report["matched"] == [True] * 20, result
+
+
 PRINTING_ADD = """
 import os, sys
 
