@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -13,11 +14,13 @@ import os
 import platform
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -72,22 +75,93 @@ UNPROTECTED_WITH_BUBBLEWRAP = (
 # The judge's report: fixed fields, plus per stdin/stdout test a verdict and the first characters of the output.
 REPORT_BYTES = 64 << 10
 _warned = set()
-# Worker slots per local process; local process r of a distributed run gets slots [r * _SLOTS_PER_RANK, ...).
+# Worker slots per local process; local process r of a distributed run starts looking at slot r * _SLOTS_PER_RANK.
 _SLOTS_PER_RANK = 4096
 _UID_SLOTS = 16 * _SLOTS_PER_RANK
 _next_slot = 0
 _slot_lock = threading.Lock()
+# As root, a worker slot's uids are reserved host-wide by an exclusive flock on a file named after its first uid.
+UID_LOCK_FOLDER = "/run/hf_adaptive_decoding/uids"
 
 
-def _reserve_slots(count: int) -> int:
-    """The first of `count` worker slots no other sandbox of this process uses (wrapping around after 4096)."""
+def _local_rank() -> int:
+    value = os.environ.get("LOCAL_RANK", "0")
+    try:
+        return int(value) % 16
+    except ValueError:
+        raise ValueError(
+            f"LOCAL_RANK must be an integer (this process's rank on its machine), got {value!r}."
+        ) from None
+
+
+def _uid_lock_folder() -> str:
+    """`UID_LOCK_FOLDER`, created if needed; it and its parent must be root's folders nobody else may write."""
+    os.makedirs(UID_LOCK_FOLDER, mode=0o755, exist_ok=True)
+    for folder in (os.path.dirname(UID_LOCK_FOLDER), UID_LOCK_FOLDER):
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+            raise RuntimeError(f"{folder} must be a folder of root's that no one else may write (it reserves uids).")
+    return UID_LOCK_FOLDER
+
+
+def _lock_slot(folder: str, uid: int) -> int | None:
+    """An fd holding an exclusive lock on the slot whose first uid is `uid`, or `None` if another holds it."""
+    path = os.path.join(folder, str(uid))
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # its holder removed it on release: lock the file now at `path`
+
+
+def _release_slots(folder: str, locks: dict[int, int]) -> None:
+    for uid, fd in list(locks.items()):
+        try:
+            os.unlink(os.path.join(folder, str(uid)))  # while still locked: no one holds a lock on a removed file
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        del locks[uid]
+
+
+def _reserve_slots(count: int, uid_base: int | None = None) -> tuple[int, dict[int, int]]:
+    """The first of `count` consecutive worker slots no other sandbox of this process uses (wrapping around after
+    4096), starting at `LOCAL_RANK * 4096`, and the locks reserving their uids host-wide: with `uid_base` (root), the
+    slots are locked one by one in `UID_LOCK_FOLDER`, and the next range is tried while one is taken, so that two
+    sandboxes of different processes never share a uid (nor, then, a process count)."""
     global _next_slot
     with _slot_lock:
         if _next_slot + count > _SLOTS_PER_RANK:
             _next_slot = 0
         first, _next_slot = _next_slot, _next_slot + count
-    rank = int(os.environ.get("LOCAL_RANK", "0")) % 16
-    return rank * _SLOTS_PER_RANK + first
+    first += _local_rank() * _SLOTS_PER_RANK
+    if uid_base is None:
+        return first, {}
+    folder = _uid_lock_folder()
+    locks: dict[int, int] = {}
+    tried = 0
+    while tried < _UID_SLOTS:
+        if first + count > _UID_SLOTS:
+            tried, first = tried + _UID_SLOTS - first, 0
+        for slot in range(first, first + count):
+            fd = _lock_slot(folder, uid_base + 2 * slot)
+            if fd is None:
+                _release_slots(folder, locks)
+                tried, first = tried + slot + 1 - first, slot + 1
+                break
+            locks[uid_base + 2 * slot] = fd
+        else:
+            return first, locks
+    raise RuntimeError(f"No {count} consecutive free worker slots (uids from {uid_base}): every range is taken.")
 
 
 @dataclass
@@ -130,8 +204,9 @@ class SandboxConfig:
         python_executable (`str`, *optional*): interpreter for the programs; default: the base interpreter of the
             running Python (standard library only; started with `-I`).
         uid_base (`int`, defaults to 1_500_000_000): when running as root, each worker gets two uids of its own
-            (the judge's and the program's) from `uid_base` up, disjoint across the sandboxes of a process and across
-            the processes of a distributed run (by `LOCAL_RANK`), so that no two workers share a process count.
+            (the judge's and the program's) from `uid_base` up, disjoint across every sandbox of the machine (each
+            slot is reserved by a lock file in `/run/hf_adaptive_decoding/uids`, held until `close()`; `LOCAL_RANK`,
+            an integer, picks where to start looking), so that no two workers share a process count.
             Pick a range no real user has (the default spans about 2**17 uids).
     """
 
@@ -301,7 +376,12 @@ class Sandbox:
             )
         if self.as_root and isolation == "none":
             self._check_reachable(self.config.python_executable)
-        first_slot = _reserve_slots(self.config.num_workers)
+        first_slot, self._slot_locks = _reserve_slots(
+            self.config.num_workers, self.config.uid_base if self.as_root else None
+        )
+        if self._slot_locks:
+            # Released by close(), or when the sandbox is collected, or by the kernel when this process ends.
+            self._release = weakref.finalize(self, _release_slots, UID_LOCK_FOLDER, self._slot_locks)
         self.slots = range(first_slot, first_slot + self.config.num_workers)
         self._slots: SimpleQueue[int] = SimpleQueue()
         for slot in self.slots:
@@ -491,6 +571,8 @@ class Sandbox:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._slot_locks:
+            self._release()
 
     def __enter__(self) -> Sandbox:
         return self

@@ -1524,6 +1524,44 @@ def test_reported_outputs_outside_the_bmp_fit_the_report():
     assert result.status == "ok" and result.report["matched"] == [True] * 20, result
 
 
+HOLD_SLOTS = """
+import json, sys
+from hf_adaptive_decoding.rewards.sandbox import Sandbox, SandboxConfig
+sandbox = Sandbox(SandboxConfig(isolation="bubblewrap", num_workers=3, uid_base=int(sys.argv[1])))
+print(json.dumps(sorted(uid for slot in sandbox.slots for uid in sandbox.uids(slot))), flush=True)
+sys.stdin.read()  # holds its slots until the test is done
+sandbox.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids of their own as root only")
+def test_sandboxes_of_different_processes_get_disjoint_uids():
+    """Red team H3: uid slots came from a per-process counter and LOCAL_RANK only, so two trainers with the same
+    LOCAL_RANK shared uids, and one's fork bomb (RLIMIT_NPROC counts per uid, host-wide) failed the other's correct
+    programs. Slots are now reserved host-wide, for the sandbox's lifetime."""
+    environment = {**os.environ, "LOCAL_RANK": "3"}
+    command = [sys.executable, "-c", HOLD_SLOTS, str(UID_BASE)]
+    holders = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment, cwd=REPO)
+        for _ in range(2)
+    ]
+    try:
+        first, second = (set(json.loads(holder.stdout.readline())) for holder in holders)
+    finally:
+        for holder in holders:
+            holder.communicate(timeout=60)
+    assert len(first) == len(second) == 6 and not first & second, (first, second)
+    # Released on close: a third process may take them again.
+    third = subprocess.run(command, input="", capture_output=True, text=True, env=environment, cwd=REPO, timeout=60)
+    assert set(json.loads(third.stdout)) <= first | second, third.stderr[-2000:]
+
+
+def test_a_local_rank_that_is_not_an_integer_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "first")
+    with pytest.raises(ValueError, match="LOCAL_RANK must be an integer.*'first'"):
+        Sandbox(make_config())
+
+
 PRINTING_ADD = """
 import os, sys
 
