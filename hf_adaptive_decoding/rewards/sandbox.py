@@ -146,7 +146,14 @@ def _reserve_slots(count: int, uid_base: int | None = None) -> tuple[int, dict[i
     first += _local_rank() * _SLOTS_PER_RANK
     if uid_base is None:
         return first, {}
-    folder = _uid_lock_folder()
+    try:
+        folder = _uid_lock_folder()
+    except OSError as error:
+        _warn_once(
+            f"Cannot reserve uids host-wide in {UID_LOCK_FOLDER} ({error}): another process's sandboxes with the same "
+            "LOCAL_RANK and uid_base may share this one's uids (and process counts)."
+        )
+        return first, {}
     locks: dict[int, int] = {}
     tried = 0
     while tried < _UID_SLOTS:

@@ -1556,6 +1556,16 @@ def test_sandboxes_of_different_processes_get_disjoint_uids():
     assert set(json.loads(third.stdout)) <= first | second, third.stderr[-2000:]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids of their own as root only")
+def test_without_a_lock_folder_uids_are_reserved_per_process_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox_module, "UID_LOCK_FOLDER", "/proc/hfad-no-such-folder/uids")
+    monkeypatch.setattr(sandbox_module, "_warned", set())
+    with caplog.at_level("WARNING", logger="hf_adaptive_decoding.rewards.sandbox"):
+        with Sandbox(make_config()) as first, Sandbox(make_config()) as second:
+            assert not set(first.slots) & set(second.slots)
+    assert "Cannot reserve uids host-wide" in caplog.text
+
+
 def test_a_local_rank_that_is_not_an_integer_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "first")
     with pytest.raises(ValueError, match="LOCAL_RANK must be an integer.*'first'"):
