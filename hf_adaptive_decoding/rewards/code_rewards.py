@@ -8,7 +8,6 @@ import threading
 from collections.abc import Callable, Sequence
 
 from .sandbox import ExecutionResult, Sandbox, SandboxConfig
-from .sandbox_judge import outputs_match
 from .scoring import completion_text
 
 _PYTHON_TAGS = ("", "python", "python3", "py", "py3")
@@ -93,16 +92,14 @@ def _function_passed(result: ExecutionResult) -> bool:
 
 
 def _stdio_passed(result: ExecutionResult, expected: Sequence[str]) -> bool:
-    """Every test's output, compared here in the parent, from the plain strings the judge reported."""
-    if result.status != "ok":
+    """Every test ran and matched, by the judge's verdicts (it compares each whole output with its expected one; the
+    report carries only the first characters of each output)."""
+    if result.status != "ok" or not isinstance(result.report, dict):
         return False
-    outputs = result.report.get("outputs")
-    if not isinstance(outputs, list) or len(outputs) != len(expected):
+    matched = result.report.get("matched")
+    if not isinstance(matched, list) or len(matched) != len(expected):
         return False
-    return all(
-        (output is None or isinstance(output, str)) and outputs_match(output, want)
-        for output, want in zip(outputs, expected, strict=True)
-    )
+    return all(verdict is True for verdict in matched)
 
 
 def make_code_reward(config: SandboxConfig | None = None, sandbox: Sandbox | None = None) -> Callable[..., list]:
@@ -116,8 +113,9 @@ def make_code_reward(config: SandboxConfig | None = None, sandbox: Sandbox | Non
       that is the code itself). The generated function runs in its own process and answers `check`'s calls with
       plain values only; `check` runs in another process, so the program can neither fake a pass nor tamper with
       the test.
-    - CodeContests style: `test_inputs` and `test_outputs` (lists of str), optional `time_limit` (seconds). The whole
-      program runs once per input; every output line must match in full (trailing whitespace aside).
+    - CodeContests style: `test_inputs` and `test_outputs` (lists of str), optional `time_limit` (seconds, or
+      `{"seconds": 2, "nanos": 0}`; any other value gets `config.test_timeout` with a warning). The whole program
+      runs once per input; every output line must match in full (trailing whitespace aside).
     - Neither: `None` (the reward does not apply to the row, as in TRL).
 
     Executions run in parallel across `config.num_workers` workers.

@@ -11,10 +11,17 @@ printing a fake report can only make the execution fail.
 
 - `mode="function"` (HumanEval style): the candidate executes `program` and serves calls to `entry_point`; the
   judge executes `setup` (the problem's prompt: imports and helpers the test may use) and `test`, then calls
-  `check(candidate)`. Report: `{"passed": bool, "error": str | None}`.
+  `check(candidate)`. Report: `{"passed": bool, "error": str | None}`. Each answer is capped at `max_output_bytes`;
+  what the program prints is not an answer: the judge drains it while it waits for answers, passes the first
+  `max_output_bytes` on to its stderr (for debugging) and discards the rest, so printing never fails a function.
 - `mode="stdio"` (CodeContests style): `program` runs once per test input, on its own, with the input on stdin
-  (then EOF). Report: `{"outputs": [str | None, ...], "errors": [...]}` for the parent to compare; running stops
-  after the first test that failed to run or whose output differs from `expected` (which the parent re-checks).
+  (then EOF). Report: `{"outputs": [str | None, ...], "errors": [...], "matched": [bool, ...]}`: the judge compares
+  each output with `expected` ([`outputs_match`]) and reports the verdict and the output's first
+  `REPORT_OUTPUT_CHARS` characters; running stops after the first test that failed to run or did not match.
+
+In a bubblewrap sandbox this script is the PID namespace's init (`bwrap --as-pid-1`): not dumpable from its first
+instruction, it holds the report pipe, reaps the orphans of the program, and signals from inside the namespace
+cannot kill it. As root it empties the capability bounding set and locks the secure bits before anything else.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import resource
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -32,6 +40,8 @@ import time
 # --- plain values ------------------------------------------------------------------------------------------------
 
 _TAGS = {"$t": tuple, "$s": set, "$fs": frozenset}
+# Characters of each stdin/stdout output the report carries (the judge compares the whole output).
+REPORT_OUTPUT_CHARS = 1000
 
 
 def _to_json(value, depth: int = 0):
@@ -217,6 +227,14 @@ def _limit(job: dict, uid: int | None) -> None:
     ):
         resource.setrlimit(getattr(resource, name), (value, value))
     if uid is not None:
+        # The judge's pipes are its own uid's, mode 0600: `open("/dev/stdin")` or `open("/dev/stdout", "w")` (which
+        # reopen them) would then fail under `uid`. Only the program holds them; /dev/null is left alone.
+        for fd in (0, 1, 2):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.fchmod(fd, 0o666)
+            except OSError:
+                pass
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
@@ -227,28 +245,37 @@ def _candidate_command(job: dict) -> list[str]:
 
 
 class _Candidate:
-    """A callable standing for the generated function: plain arguments out, a plain value back."""
+    """A callable standing for the generated function: plain arguments out, a plain value back. Each answer may
+    take `max_output_bytes`; what the program prints goes to a pipe of its own that the judge drains while it waits
+    for an answer, passing the first `max_output_bytes` on to its stderr and discarding the rest."""
 
     def __init__(self, job: dict, uid: int | None) -> None:
         to_child, self._requests = os.pipe()
         self._responses, from_child = os.pipe()
+        self._printed, printed = os.pipe()
         here = os.path.dirname(os.path.abspath(__file__))
-        self.process = subprocess.Popen(
-            [*_candidate_command(job), "-c", _CANDIDATE_SERVER, str(to_child), str(from_child), here],
-            stdin=subprocess.DEVNULL,
-            # What the program prints reaches the parent's capped stderr capture, never the report.
-            stdout=sys.stderr.fileno(),
-            stderr=sys.stderr.fileno(),
-            pass_fds=(to_child, from_child),
-            preexec_fn=lambda: _limit(job, uid),
-            start_new_session=True,
-            cwd=job["workdir"],
-        )
-        os.close(to_child)
-        os.close(from_child)
+        try:
+            self.process = subprocess.Popen(
+                [*_candidate_command(job), "-c", _CANDIDATE_SERVER, str(to_child), str(from_child), here],
+                stdin=subprocess.DEVNULL,
+                # What the program prints never reaches the report, and never fails the execution.
+                stdout=printed,
+                stderr=printed,
+                pass_fds=(to_child, from_child),
+                preexec_fn=lambda: _limit(job, uid),
+                start_new_session=True,
+                cwd=job["workdir"],
+            )
+        finally:
+            for fd in (to_child, from_child, printed):
+                os.close(fd)
         self._write = os.fdopen(self._requests, "wb")
-        self._read = os.fdopen(self._responses, "rb")
         self._max_bytes = job["limits"]["max_output_bytes"]
+        self._print_room = self._max_bytes
+        self._pending = b""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._responses, selectors.EVENT_READ)
+        self._selector.register(self._printed, selectors.EVENT_READ)
         self._send({"program": job["program"], "entry_point": job["entry_point"]})
         reply = self._receive()
         if "ready" not in reply:
@@ -258,11 +285,32 @@ class _Candidate:
         self._write.write(((message if isinstance(message, str) else json.dumps(message)) + "\n").encode())
         self._write.flush()
 
+    def _drain_printed(self) -> None:
+        """Reads what the program printed: the first `max_output_bytes` go on to stderr, the rest is discarded."""
+        chunk = os.read(self._printed, 65536)
+        if not chunk:
+            self._selector.unregister(self._printed)
+            return
+        kept = memoryview(chunk)[: self._print_room]
+        self._print_room -= len(kept)
+        while kept:
+            kept = kept[os.write(2, kept) :]
+
     def _receive(self) -> dict:
-        line = self._read.readline(self._max_bytes + 1)
-        if not line:
-            raise CandidateError("the program exited before answering")
-        if len(line) > self._max_bytes:
+        # The answer is one line, read up to its cap (newline included), what the program prints drained meanwhile.
+        while b"\n" not in self._pending:
+            if len(self._pending) > self._max_bytes:
+                raise CandidateError(f"an answer longer than {self._max_bytes} bytes")
+            for key, _ in self._selector.select():
+                if key.fileobj == self._printed:
+                    self._drain_printed()
+                    continue
+                chunk = os.read(self._responses, 65536)
+                if not chunk:
+                    raise CandidateError("the program exited before answering")
+                self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        if len(line) + 1 > self._max_bytes:
             raise CandidateError(f"an answer longer than {self._max_bytes} bytes")
         reply = json.loads(line)
         if not isinstance(reply, dict):
@@ -298,10 +346,14 @@ def _run_function(job: dict, report) -> None:
 
 def _kill_all_of(uid: int | None, process: subprocess.Popen) -> None:
     """Kills every process the candidate left behind: as its uid, `kill(-1)` reaches all of them (and nothing else);
-    without a uid of its own, its process group."""
+    without a uid of its own but as the namespace's init, `kill(-1)` reaches every other process of the namespace;
+    else its process group."""
     if uid is None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            if os.getpid() == 1:
+                os.kill(-1, signal.SIGKILL)
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         return
@@ -315,6 +367,19 @@ def _kill_all_of(uid: int | None, process: subprocess.Popen) -> None:
     os.waitpid(pid, 0)
 
 
+def _reap_orphans() -> None:
+    """As the namespace's init, reaps the orphans it inherited (they count against the process limit until then)."""
+    if os.getpid() != 1:
+        return
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _run_stdio(job: dict, report) -> None:
     uids = job.get("uids")
     uid = uids[1] if uids else None
@@ -322,7 +387,7 @@ def _run_stdio(job: dict, report) -> None:
     with open(path, "w") as file:
         file.write(job["program"])
     os.chmod(path, 0o644)
-    outputs, errors = [], []
+    outputs, errors, matched = [], [], []
     for test_input, expected in zip(job["inputs"], job["expected"], strict=True):
         process = subprocess.Popen(
             [*_candidate_command(job), path],
@@ -333,19 +398,31 @@ def _run_stdio(job: dict, report) -> None:
             start_new_session=True,
             cwd=job["workdir"],
         )
+        deadline = time.monotonic() + job["time_limit"]
         stdout, _, problem = communicate(
             process, test_input.encode(), job["time_limit"], job["limits"]["max_output_bytes"]
         )
+        if problem is None:
+            # stdout's EOF is not the program's exit: one that closes stdout (`with open(1, "w")`, `os.fdopen(1)`)
+            # may still be working. It gets the rest of its time limit to exit, then whatever is left is killed.
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                problem = "timeout"
         _kill_all_of(uid, process)
         returncode = process.wait()
+        _reap_orphans()
         if problem is None and returncode != 0:
             problem = f"exit status {returncode}"
         output = None if problem else stdout.decode(errors="replace")
-        outputs.append(output)
+        # The judge compares (it has the expected outputs): the report carries the verdict and the output's first
+        # characters only, so that its size grows with the number of tests, not with their outputs.
+        matched.append(outputs_match(output, expected))
+        outputs.append(None if output is None else output[:REPORT_OUTPUT_CHARS])
         errors.append(problem)
-        if output is None or not outputs_match(output, expected):
+        if not matched[-1]:
             break
-    report({"outputs": outputs, "errors": errors})
+    report({"outputs": outputs, "errors": errors, "matched": matched})
 
 
 def _set_not_dumpable() -> None:
@@ -357,10 +434,51 @@ def _set_not_dumpable() -> None:
         pass
 
 
+# prctl options and secure bits (linux/prctl.h, linux/securebits.h).
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+# NOROOT, NO_SETUID_FIXUP (left off: changing to another uid clears every capability), KEEP_CAPS (off) and
+# NO_CAP_AMBIENT_RAISE, each with its lock.
+SECURE_BITS = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7)
+
+
+def _drop_capability_bounding_set() -> None:
+    """As root (no user namespace): no process of the sandbox can ever gain a capability again. Empties the bounding
+    set and the ambient set and locks the secure bits; this process keeps the capabilities it has (to hand the
+    program its own uid), which changing uids clears."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    for capability in range(64):
+        if prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+                break
+            raise OSError(ctypes.get_errno(), f"cannot drop capability {capability} from the bounding set")
+    if prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot clear the ambient capabilities")
+    if prctl(PR_SET_SECUREBITS, SECURE_BITS, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot set the secure bits")
+    # The inheritable set too (bubblewrap fills it with the capabilities it kept): capget, then capset without it.
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two struct __user_cap_data_struct: effective, permitted, inheritable
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    if syscall(125, header, data) != 0:  # capget
+        raise OSError(ctypes.get_errno(), "capget")
+    data[2] = data[5] = 0
+    if syscall(126, header, data) != 0:  # capset
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def main() -> None:
     # Before any other process exists in the sandbox: this process's memory (the job, its nonce) and its file
     # descriptors stay out of reach of /proc and ptrace.
     _set_not_dumpable()
+    if os.getpid() == 1:
+        # As the namespace's init, a signal from inside the namespace reaches it only through a handler: drop
+        # Python's KeyboardInterrupt one, so that no program can interrupt the judge.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if os.geteuid() == 0:
+        _drop_capability_bounding_set()
     job = json.loads(sys.stdin.buffer.read())
     # The report goes to the original stdout; anything the test code prints goes to stderr.
     report_stream = os.fdopen(os.dup(1), "w")

