@@ -200,7 +200,7 @@ def main(level: str, default_config: Path) -> None:
 
 def compare(model, tokenizer, trainer, dataset, script_args: ScriptArguments, training_args) -> None:
     """The closing comparison: the saved adapter against every static action of its action space, paired; written
-    to `verdict.json` and `verdict.md` and printed last."""
+    to `verdict.json` and `verdict.md`, added to the model card and printed last."""
     adapter = AutoDecodingAdapter.from_pretrained(trainer.output_dir)
     ks = sorted(set(training_args.parallel_budgets)) if adapter.level == "sequence" else [1]
     verdict = adapter_verdict(
@@ -221,4 +221,7 @@ def compare(model, tokenizer, trainer, dataset, script_args: ScriptArguments, tr
     text = render_verdict(verdict)
     (trainer.output_dir / "verdict.json").write_text(json.dumps(verdict, indent=2))
     (trainer.output_dir / "verdict.md").write_text(text + "\n")
+    card = trainer.output_dir / "README.md"
+    if card.is_file():  # the local model card carries the verdict too (one pushed to the Hub was sent before it)
+        card.write_text(f"{card.read_text().rstrip()}\n\n## Did it help?\n\n{text}\n")
     print(f"\n{text}")

@@ -110,6 +110,7 @@ def test_training_recipes_run_with_overrides_of_their_default_config(default_mod
     assert {(row["reference"], row["k"]) for row in verdict["comparisons"]} >= {("BEST", k) for k in ks}
     assert run.stdout.rstrip().endswith((output / "verdict.md").read_text().rstrip())
     assert "Did the adapter help? 3 problems not used to choose its checkpoint" in run.stdout
+    assert (output / "README.md").read_text().rstrip().endswith((output / "verdict.md").read_text().rstrip())
 
 
 def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
