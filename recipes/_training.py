@@ -97,6 +97,10 @@ class ScriptArguments:
 def load_data(args: ScriptArguments):
     """The training prompts, the validation prompts and the comparison problems (`None` when none are asked for):
     validation and comparison come from one draw of the validation split, disjoint."""
+    if args.num_comparison_examples < 0:
+        raise ValueError(
+            f"num_comparison_examples must be >= 0 (0: no comparison), got {args.num_comparison_examples}."
+        )
     train, evaluation = _load_splits(args, args.num_eval_examples + args.num_comparison_examples)
     if args.num_comparison_examples == 0:
         return train, evaluation, None

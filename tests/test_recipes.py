@@ -136,6 +136,8 @@ def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
     train, evaluation, comparison = load_data(args)
     assert (len(train), len(evaluation), len(comparison)) == (144, 16, 4)
     assert not set(train["task_id"]) & (set(evaluation["task_id"]) | set(comparison["task_id"]))
+    with pytest.raises(ValueError, match="num_comparison_examples must be >= 0 .* got -1"):
+        load_data(ScriptArguments(num_comparison_examples=-1))
     folder = str(ROOT / "tests/fixtures/code_contests")
     args = ScriptArguments(
         dataset="code_contests", dataset_path=folder, eval_split="test", num_train_examples=3, num_eval_examples=3

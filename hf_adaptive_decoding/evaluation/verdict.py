@@ -59,6 +59,10 @@ def adapter_verdict(
         `comparisons` (the adapter minus greedy, when greedy is an action, minus BEST and minus BEST@k: rows as in
         `summary.json`, in percentage points).
     """
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty list of positive ints, got {list(ks)!r}.")
+    if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1:
+        raise ValueError(f"token_budget must be a positive int, got {token_budget!r}.")
     ks = sorted(set(ks))
     statics = [Decoder.static(action.name, action) for action in adapter.decoding_config.actions]
     decoders = [Decoder.adapter(ADAPTER, adapter), *statics]

@@ -127,3 +127,20 @@ def test_the_reading_of_each_interval():
     assert "adapter - greedy at Pass@1: +5.0 [+1.0, +9.0] points: better" in text
     assert "adapter - BEST at Pass@1: -5.0 [-9.0, -1.0] points: worse" in text
     assert "adapter - BEST@k at Pass@1: +1.0 [-3.0, +5.0] points: no difference resolved" in text
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"ks": ()}, r"ks must be .* got \[\]"), ({"ks": (0, 1)}, r"got \[0, 1\]"), ({"token_budget": 0}, "got 0")],
+)
+def test_bad_arguments_name_the_value(llama, overrides, message):
+    arguments = {"token_budget": 3, "ks": (1,), **overrides}
+    with pytest.raises(ValueError, match=message):
+        adapter_verdict(
+            llama,
+            make_char_tokenizer(),
+            always(llama, "math-token", 0),
+            Dataset.from_dict({"prompt": ["x"]}),
+            even_length,
+            **arguments,
+        )
