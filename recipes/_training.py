@@ -48,6 +48,13 @@ class ScriptArguments:
     )
     adapter: str | None = field(default=None, metadata={"help": "Start from this adapter (folder or Hub id)."})
     adapter_hidden_size: int = field(default=256, metadata={"help": "Hidden size of a fresh adapter's MLP."})
+    budget_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "A fresh adapter also maps the budget straight to its action logits (DecodingAdapterConfig."
+            "budget_logits), so that it can prefer different actions at different budgets."
+        },
+    )
     dataset: str = field(default="arithmetic", metadata={"help": f"One of {DATASETS}."})
     dataset_path: str | None = field(
         default=None, metadata={"help": "math/gsm8k/code_contests: Hub id, file or folder."}
@@ -176,7 +183,11 @@ def main(level: str, default_config: Path) -> None:
         )
         revision = default_model_revision() if script_args.model_name_or_path is None else None
         adapter = AutoDecodingAdapter.for_model(
-            model, decoding, base_model_revision=revision, adapter_hidden_size=script_args.adapter_hidden_size
+            model,
+            decoding,
+            base_model_revision=revision,
+            adapter_hidden_size=script_args.adapter_hidden_size,
+            budget_logits=script_args.budget_logits,
         )
     if adapter.level != level:
         raise ValueError(f"This recipe trains {level}-level adapters; the adapter is {adapter.level}-level.")

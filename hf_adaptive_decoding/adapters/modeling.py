@@ -50,6 +50,13 @@ class DecodingAdapterConfig(PreTrainedConfig):
             Dropout between layers (active in training only).
         budget_hidden_size (`int`, defaults to 32):
             Width of the 2-layer budget encoder whose output is concatenated to the context features.
+        budget_logits (`bool`, defaults to `False`):
+            Also add to the action logits a function of the budget alone: a 2-layer MLP of the centred budget feature
+            `2 x - 1`, its first layer initialised as `adapter_hidden_size` unit-scale random features, its output
+            layer at zero (a fresh adapter is still the uniform policy). Through the
+            MLP alone the budget is one small input beside hundreds of unit-scale context features, and a policy
+            trained on several budgets moves alike at all of them (recipes/results/experiments.md, Q3); through this
+            path a logit moves about as fast with the budget as with the context.
         normalize_features (`bool`, defaults to `True`):
             LayerNorm the context features before the MLP; hidden-state scales differ a lot between models.
         initializer_range (`float`, defaults to 0.02):
@@ -68,6 +75,7 @@ class DecodingAdapterConfig(PreTrainedConfig):
     hidden_act: str = "silu"
     dropout: float = 0.1
     budget_hidden_size: int = 32
+    budget_logits: bool = False
     normalize_features: bool = True
     initializer_range: float = 0.02
 
@@ -85,6 +93,12 @@ class DecodingAdapterConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DecodingAdapterConfig.dropout must be in [0, 1), got {self.dropout}.")
+        if self.budget_logits and AdaptiveDecodingConfig.coerce(self.decoding).budget_feature is None:
+            raise ValueError(
+                "DecodingAdapterConfig.budget_logits=True maps the budget to the action logits, but the decoding "
+                "config has budget_feature=None (no budget); set budget_feature ('log' or 'linear') or "
+                "budget_logits=False."
+            )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"DecodingAdapterConfig.hidden_act {self.hidden_act!r} is not one of {sorted(ACT2FN)}.")
         super().__post_init__(**kwargs)
@@ -110,8 +124,10 @@ class DecodingAdapterOutput(ModelOutput):
 
 
 @torch.no_grad()
-def init_adapter_weights(module: nn.Module, initializer_range: float, output_layer: nn.Module | None) -> None:
-    """Normal linear weights, zero biases, unit LayerNorms, zero output layer: a fresh policy ignores its input."""
+def init_adapter_weights(
+    module: nn.Module, initializer_range: float, output_layers: nn.Module | tuple[nn.Module | None, ...] | None
+) -> None:
+    """Normal linear weights, zero biases, unit LayerNorms, zero output layers: a fresh policy ignores its input."""
     if isinstance(module, nn.Linear):
         module.weight.normal_(mean=0.0, std=initializer_range)
         if module.bias is not None:
@@ -119,7 +135,9 @@ def init_adapter_weights(module: nn.Module, initializer_range: float, output_lay
     elif isinstance(module, nn.LayerNorm):
         module.weight.fill_(1.0)
         module.bias.zero_()
-    if module is output_layer:
+    if not isinstance(output_layers, tuple):
+        output_layers = (output_layers,)
+    if any(module is layer for layer in output_layers):
         module.weight.zero_()
 
 
@@ -130,7 +148,14 @@ class DecodingAdapterPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        init_adapter_weights(module, self.config.initializer_range, getattr(self, "output_layer", None))
+        budget_logits = getattr(self, "budget_logits", None)
+        zero_init = (getattr(self, "output_layer", None), None if budget_logits is None else budget_logits[-1])
+        init_adapter_weights(module, self.config.initializer_range, zero_init)
+        if budget_logits is not None and module is budget_logits[0]:
+            # Random features of the budget at unit scale, as many as the MLP's last layer has: under Adam a logit
+            # moves about as fast through this path as through the MLP, and smoothly in the budget.
+            module.weight.normal_(0.0, 2.0)
+            module.bias.normal_(0.0, 1.0)
 
 
 class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
@@ -172,6 +197,13 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
             in_features = config.adapter_hidden_size
         self.mlp = nn.Sequential(*layers)
         self.output_layer = nn.Linear(in_features, config.num_actions)
+        self.budget_logits = None
+        if config.budget_logits:
+            self.budget_logits = nn.Sequential(
+                nn.Linear(1, config.adapter_hidden_size),
+                act,
+                nn.Linear(config.adapter_hidden_size, config.num_actions),
+            )
         self.add_model_tags(["hf-adaptive-decoding", "decoding-adapter", f"{self.level}-level"])
         self.post_init()
 
@@ -230,9 +262,13 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
                     f"This adapter conditions on the budget (budget_feature={self.budget_feature!r}); pass `budget`."
                 )
             budget = torch.as_tensor(budget, device=features.device).expand(features.shape[0])
-            encoded = self.budget_encoder(self.encode_budget(budget)[:, None])
-            features = torch.cat([features, encoded], dim=-1)
-        logits = self.output_layer(self.mlp(features)) / self.policy_temperature
+            budget_feature = self.encode_budget(budget)[:, None]
+            features = torch.cat([features, self.budget_encoder(budget_feature)], dim=-1)
+        logits = self.output_layer(self.mlp(features))
+        if self.budget_logits is not None:
+            # Centred, so that budgets below and above the middle of the scale start on opposite sides.
+            logits = logits + self.budget_logits(2 * budget_feature - 1)
+        logits = logits / self.policy_temperature
         if return_dict is False:
             return (logits,)
         return DecodingAdapterOutput(logits=logits)

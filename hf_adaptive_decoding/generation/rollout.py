@@ -39,6 +39,9 @@ class RolloutBatch:
             next-token max probability at each decision (before the action was applied).
         entropies (`torch.FloatTensor` of shape `(decisions,)`, *optional*): token level, the entropy (nats) of
             the language model's next-token distribution at each decision (before the action was applied).
+        prompt_features (`torch.Tensor` of shape `(inputs, hidden_size)`, *optional*): sequence level, what the
+            adapter sees of each input (its pooled prompt hidden states), recorded whatever chose the actions (also
+            with `fixed_actions`).
     """
 
     completion_ids: torch.LongTensor
@@ -51,6 +54,7 @@ class RolloutBatch:
     decision_rows: torch.LongTensor
     max_probs: torch.FloatTensor | None = None
     entropies: torch.FloatTensor | None = None
+    prompt_features: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -277,4 +281,5 @@ class _Rollout:
             decision_rows=packed["rows"],
             max_probs=packed["max"],
             entropies=packed["entropy"],
+            prompt_features=None if self.prompt_features is None else self.prompt_features.detach().clone(),
         )

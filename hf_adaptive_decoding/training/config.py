@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from .base import REPORT_TO, BaseTrainerConfig, renamed_field
 
-__all__ = ["BASELINES", "REPORT_TO", "SCALE_REWARDS", "AdapterTrainerConfig"]
+__all__ = ["ACTION_SAMPLING", "BASELINES", "REPORT_TO", "SCALE_REWARDS", "AdapterTrainerConfig"]
 
 BASELINES = ("batch_mean", "leave_one_out", "moving_average")
 SCALE_REWARDS = ("none", "batch", "group")
+ACTION_SAMPLING = ("policy", "all")
 
 
 @dataclass
@@ -36,7 +37,14 @@ class AdapterTrainerConfig(BaseTrainerConfig):
             exactly the one that chose the actions (rollouts always run without dropout).
         max_steps (`int`): number of updates.
         per_device_train_batch_size (`int`): prompts per process and step.
-        num_generations (`int`): trajectories (token level) or actions (sequence level) per prompt.
+        num_generations (`int`): trajectories (token level) or actions (sequence level) per prompt; with
+            `action_sampling="all"`, samples per action.
+        action_sampling (`str`): sequence level, `"policy"` (the paper's REINFORCE: actions drawn from the adapter,
+            each prompt at one drawn parallel budget) or `"all"`: every action on every prompt, its `num_generations`
+            samples on the same random numbers as the other actions', each parallel budget's reward estimated from
+            them (`reward_aggregation`), and the exact expected policy gradient over actions at every budget. It
+            costs `num_actions x num_generations` samples per prompt, and no budget or action goes unseen: suited to
+            small action spaces such as `mixed-seq`. `baseline` is then the mean over actions.
         max_completion_length (`int`): the largest token budget: the most tokens a sample generates (validation
             always uses it).
         token_budgets (`list[int]`, *optional*): token level, the budgets `b` drawn per prompt (each trajectory stops
@@ -110,7 +118,20 @@ class AdapterTrainerConfig(BaseTrainerConfig):
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Prompts per process and step."})
     num_generations: int = field(
         default=4,
-        metadata={"help": "Trajectories (token level) or actions (sequence level) sampled per prompt and step."},
+        metadata={
+            "help": "Trajectories (token level) or actions (sequence level) sampled per prompt and step; with "
+            "action_sampling='all', samples per action."
+        },
+    )
+    action_sampling: str = field(
+        default="policy",
+        metadata={
+            "help": "Sequence level: 'policy' (the paper: num_generations actions drawn from the adapter per prompt, "
+            "each prompt at one parallel budget drawn from parallel_budgets) or 'all' (every action of the space on "
+            "every prompt, num_generations samples each on the same random numbers, every parallel budget's reward "
+            "estimated from them; the update is the exact expected policy gradient over actions, at every budget; "
+            "needs num_generations >= max(parallel_budgets))."
+        },
     )
     max_completion_length: int = field(
         default=64,
@@ -285,6 +306,14 @@ class AdapterTrainerConfig(BaseTrainerConfig):
             f"at most max_completion_length={self.max_completion_length}",
         )
         _ = self.pass_k  # validates reward_aggregation
+        self._check("action_sampling", self.action_sampling in ACTION_SAMPLING, f"one of {ACTION_SAMPLING}")
+        enough = self.action_sampling != "all" or self.num_generations >= max(self.parallel_budgets)
+        self._check(
+            "num_generations",
+            enough,
+            f">= max(parallel_budgets)={max(self.parallel_budgets)} with "
+            "action_sampling='all' (every budget's reward comes from an action's num_generations samples)",
+        )
         self._check("mixed_precision", self.mixed_precision in ("no", "bf16", "fp16"), "no|bf16|fp16")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub=True needs hub_model_id (e.g. 'user/smollm2-token-adapter').")

@@ -116,3 +116,68 @@ def decision_weights_and_advantages(
     if adapter.level == "token" and max_prob_threshold is not None:
         weight = weight * (batch.max_probs <= max_prob_threshold).float()
     return advantage, weight
+
+
+def rewards_at_budgets(rewards: torch.Tensor, budgets: list[int], how: str, k: int | None = None) -> torch.Tensor:
+    """
+    Sequence level with `action_sampling="all"`: each action's reward at every parallel budget, estimated from the
+    same `n` samples of it.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(..., n)`): the rewards of an action's `n` samples.
+        budgets (`list[int]`): the parallel budgets `B`, each at most `n`.
+        how (`str`): as in [`aggregate_rewards`]. `"best_of_b"` is the expected best of `B` samples drawn without
+            replacement from the `n` (for 0/1 rewards, the unbiased pass@B): with the rewards in increasing order,
+            `sum_i r_(i) C(i - 1, B - 1) / C(n, B)`. `"mean"` and `"pass@k"` do not depend on `B`.
+        k (`int`, *optional*): `k` of pass@k.
+
+    Returns:
+        `torch.Tensor` of shape `(..., len(budgets))`.
+    """
+    n = rewards.shape[-1]
+    if how == "mean":
+        return rewards.mean(-1, keepdim=True).expand(*rewards.shape[:-1], len(budgets))
+    if how != "best_of_b":
+        correct = (rewards > 0.5).sum(-1)
+        estimate = pass_at_k(torch.full_like(correct, n).flatten(), correct.flatten(), k).view(correct.shape)
+        return estimate[..., None].expand(*rewards.shape[:-1], len(budgets))
+    # weights[j, i]: the chance that the (i + 1)-th smallest of n rewards is the best of budgets[j] drawn from them
+    weights = torch.tensor(
+        [[math.comb(i, budget - 1) / math.comb(n, budget) for i in range(n)] for budget in budgets],
+        dtype=torch.float64,
+        device=rewards.device,
+    )
+    ordered = rewards.sort(dim=-1).values.double()
+    return (ordered @ weights.T).to(rewards.dtype)
+
+
+def expected_policy_loss(
+    adapter: torch.nn.Module,
+    features: torch.Tensor,
+    budgets: torch.Tensor,
+    action_advantages: torch.Tensor,
+    group_weights: torch.Tensor,
+    entropy_coef: float,
+    normalizer: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """
+    The all-action policy gradient of a contextual bandit whose every action was tried: `-(sum_g w_g sum_a
+    pi(a | x_g) A_g(a) + entropy_coef sum_g w_g H(pi(. | x_g))) / sum_g w_g` over groups `g` (a prompt at one
+    parallel budget). Its gradient is the exact gradient of the expected advantage under the policy, the expectation
+    that REINFORCE estimates from sampled actions, so no action's signal is lost to the draw.
+
+    Args:
+        adapter: the adapter (or its distributed wrapper) to differentiate.
+        features (`torch.Tensor` of shape `(groups, context_size)`): what the adapter saw of each group's prompt.
+        budgets (`torch.Tensor` of shape `(groups,)`): each group's parallel budget `B`.
+        action_advantages (`torch.Tensor` of shape `(groups, num_actions)`): every action's advantage.
+        group_weights (`torch.Tensor` of shape `(groups,)`): 1 for groups in the loss, 0 for filtered ones.
+        entropy_coef, normalizer: as in [`policy_loss`].
+    """
+    log_probs = adapter(features, budgets).logits.float().log_softmax(dim=-1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(dim=-1)
+    total = (group_weights.sum() if normalizer is None else torch.as_tensor(normalizer)).clamp(min=1e-8)
+    pg_loss = -(group_weights * (probs * action_advantages).sum(-1)).sum() / total
+    mean_entropy = (group_weights * entropy).sum() / total
+    return pg_loss - entropy_coef * mean_entropy, {"pg_loss": pg_loss.detach(), "entropy": mean_entropy.detach()}

@@ -19,6 +19,7 @@ from ..evaluation.runner import rollout_and_score
 from ..generation.policies import ConstantPolicy
 from ..generation.rollout import RolloutBatch
 from . import reporting
+from .all_actions import AllActionsMixin
 from .base import BaseAdapterTrainer
 from .config import AdapterTrainerConfig
 from .objectives import advantages, aggregate_rewards, decision_weights_and_advantages, policy_loss
@@ -47,7 +48,7 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-class AdapterTrainer(BaseAdapterTrainer):
+class AdapterTrainer(AllActionsMixin, BaseAdapterTrainer):
     """
     Trains a decoding adapter with REINFORCE on verifiable rewards; the language model stays frozen.
 
@@ -113,7 +114,12 @@ class AdapterTrainer(BaseAdapterTrainer):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if args.filter_prompts and args.num_generations < 2:
+        if args.action_sampling == "all" and adapter.level != "sequence":
+            raise ValueError(
+                "action_sampling='all' tries every action once per prompt: it needs a sequence-level adapter, got a "
+                f"{adapter.level}-level one."
+            )
+        if args.filter_prompts and args.num_generations < 2 and args.action_sampling == "policy":
             logger.warning("filter_prompts needs num_generations >= 2 to compare a prompt's rollouts; it is off.")
 
         super().__init__(args, mixed_precision=args.mixed_precision)
@@ -171,6 +177,7 @@ class AdapterTrainer(BaseAdapterTrainer):
         deterministic: bool,
         policy=None,
         problem_ids: list[int] | None = None,
+        **rollout_kwargs,
     ) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
         """Generate for `rows` (one decision source each) and score every sample. With `problem_ids`, every
         problem's random numbers are keyed by `(seed, id)` (validation); without, drawn from the training RNG."""
@@ -191,6 +198,7 @@ class AdapterTrainer(BaseAdapterTrainer):
             reward_weights=args.reward_weights,
             reward_timeout=args.reward_timeout,
             failure_reward=args.failure_reward,
+            **rollout_kwargs,
         )
         return scored.batch, scored.rewards, scored.rewards_per_func
 
@@ -203,6 +211,8 @@ class AdapterTrainer(BaseAdapterTrainer):
         cot = [self._uses_cot(index) for index in indices]
         draw = random.Random(f"{args.seed}:budget:{step}:{self.accelerator.process_index}")
         generations = args.num_generations
+        if args.action_sampling == "all":
+            return self._all_actions_rollout(rows, cot)
         if adapter.level == "token":
             budgets = [draw.choice(args.token_budgets) for _ in rows]
             batch, rewards, per_func = self._rollout(rows, cot, [generations] * len(rows), budgets, False)
@@ -255,12 +265,16 @@ class AdapterTrainer(BaseAdapterTrainer):
         normalizer = self.accelerator.reduce(weight.sum(), "sum") / self.accelerator.num_processes
         with self.accelerator.autocast():
             loss, parts = policy_loss(self.adapter, batch, advantage, weight, args.entropy_coef, normalizer)
+        return loss.detach(), parts, weight, self._optimizer_step(loss)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backpropagate `loss`, clip, step the optimizer and the scheduler; returns the gradient norm."""
         self.accelerator.backward(loss)
-        grad_norm = self.accelerator.clip_grad_norm_(self.adapter.parameters(), args.max_grad_norm)
+        grad_norm = self.accelerator.clip_grad_norm_(self.adapter.parameters(), self.args.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), parts, weight, torch.as_tensor(grad_norm).detach()
+        return torch.as_tensor(grad_norm).detach()
 
     # ----------------------------------------------------------------------------------------------- loop
 
@@ -271,8 +285,12 @@ class AdapterTrainer(BaseAdapterTrainer):
         start = time.perf_counter()
         batch, rewards, per_func, unit_rewards, unit_prompt, cot = self._training_rollout(step - 1)
         rollout_time = time.perf_counter() - start
-        unit_advantages, unit_keep, all_unit_rewards, all_keep = self._advantages(unit_rewards, unit_prompt)
-        loss, parts, weight, grad_norm = self._update(batch, unit_advantages, unit_keep)
+        if args.action_sampling == "all":
+            unit_advantages, unit_keep, all_unit_rewards, all_keep = self._all_actions_advantages(unit_rewards)
+            loss, parts, weight, grad_norm = self._all_actions_update(batch, unit_advantages, unit_keep)
+        else:
+            unit_advantages, unit_keep, all_unit_rewards, all_keep = self._advantages(unit_rewards, unit_prompt)
+            loss, parts, weight, grad_norm = self._update(batch, unit_advantages, unit_keep)
         update_time = time.perf_counter() - start - rollout_time
         metrics = reporting.step_metrics(
             accelerator,
@@ -298,6 +316,8 @@ class AdapterTrainer(BaseAdapterTrainer):
             filter_fraction=float(1 - all_keep.float().mean()),
             epoch=step * args.per_device_train_batch_size * accelerator.num_processes / len(self.train_dataset),
         )
+        if args.action_sampling == "all":
+            metrics.update(self._all_actions_metrics(batch, all_unit_rewards))
         return metrics
 
     def _progress_postfix(self, metrics: dict[str, float]) -> dict[str, str]:

@@ -199,3 +199,26 @@ def test_entropy_adapter_save_and_load_keeps_context_features(llama, tmp_path):
     assert loaded.state_dict().keys() == adapter.state_dict().keys()
     entropy, budget = torch.tensor([[0.1], [2.0]]), torch.tensor([5, 50])
     torch.testing.assert_close(loaded(entropy, budget).logits, adapter(entropy, budget).logits)
+
+
+def test_budget_logits_start_uniform_round_trip_and_need_a_budget(llama, tmp_path):
+    adapter = AutoDecodingAdapter.for_model(llama, "mixed-seq", adapter_hidden_size=16, budget_logits=True).eval()
+    features = torch.randn(3, 32)
+    for budget in (1, 8):  # a fresh adapter is uniform at every budget
+        probs = adapter(features, budget=torch.tensor(budget)).logits.softmax(-1)
+        torch.testing.assert_close(probs, torch.full((3, 6), 1 / 6))
+    first_layer = adapter.budget_logits[0]
+    assert first_layer.weight.std() > 0.5  # unit-scale random features of the budget, not the MLP's 0.02
+    torch.nn.init.normal_(adapter.budget_logits[-1].weight)
+    one, eight = (adapter(features, budget=torch.tensor(b)).logits for b in (1, 8))
+    assert not torch.allclose(one, eight)
+    torch.testing.assert_close(one - one[0], eight - eight[0])  # the path sees the budget alone, not the context
+    adapter.save_pretrained(tmp_path)
+    loaded = AutoDecodingAdapter.from_pretrained(tmp_path).eval()
+    assert loaded.config.budget_logits
+    torch.testing.assert_close(loaded(features, budget=torch.tensor(8)).logits, eight)
+    without = AutoDecodingAdapter.for_model(llama, "mixed-seq", adapter_hidden_size=16)
+    assert without.budget_logits is None and not without.config.budget_logits
+    no_budget = AdaptiveDecodingConfig.from_preset("mixed-seq", budget_feature=None).to_dict()
+    with pytest.raises(ValueError, match="budget_logits=True.*budget_feature=None"):
+        DecodingAdapterConfig(decoding=no_budget, budget_logits=True)

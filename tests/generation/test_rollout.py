@@ -147,6 +147,16 @@ def test_fixed_actions_give_each_row_its_own_action(llama):
     assert any(differs)  # T=5 on these sharp tiny models does not reproduce greedy
 
 
+def test_prompt_features_are_what_the_adapter_decides_from_also_with_fixed_actions(llama):
+    inputs = left_padded_batch()
+    adapter = AutoDecodingAdapter.for_model(llama, "mixed-seq", adapter_hidden_size=16).eval()
+    decided = _rollout(llama, adapter, inputs, [2, 1, 2], [4, 4, 4])
+    torch.testing.assert_close(decided.prompt_features, decided.features)  # one decision per input, from these
+    fixed = _rollout(llama, adapter, inputs, [2, 1, 2], [4, 4, 4], fixed_actions=torch.tensor([0, 5, 1, 2, 3]))
+    assert fixed.actions is None and fixed.prompt_features.shape == (3, llama.config.hidden_size)
+    torch.testing.assert_close(fixed.prompt_features, decided.features)
+
+
 @pytest.mark.parametrize(
     ("level", "fixed", "message"),
     [

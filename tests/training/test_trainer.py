@@ -1,5 +1,6 @@
 import json
 import os
+import zlib
 
 import pytest
 import torch
@@ -33,11 +34,15 @@ def completion_length(prompts, completions, **kwargs):
     return [len(c) / 6 for c in completions]
 
 
-def make_trainer(tmp_path, level="token", reward_funcs=starts_with_digit, model=None, **overrides):
+def make_trainer(
+    tmp_path, level="token", reward_funcs=starts_with_digit, model=None, budget_logits=False, **overrides
+):
     model = model if model is not None else make_tiny_model("llama")
     config = AdaptiveDecodingConfig(actions=ACTIONS, level=level, budget_feature="log")
     torch.manual_seed(0)
-    adapter = AutoDecodingAdapter.for_model(model, config, adapter_hidden_size=16, budget_hidden_size=8)
+    adapter = AutoDecodingAdapter.for_model(
+        model, config, adapter_hidden_size=16, budget_hidden_size=8, budget_logits=budget_logits
+    )
     settings = dict(
         output_dir=str(tmp_path / "run"),
         max_steps=4,
@@ -204,11 +209,57 @@ def test_reward_function_errors_name_the_function(tmp_path):
         ("token_budgets", [100], "at most max_completion_length"),
         ("max_prob_threshold", 1.5, "max_prob_threshold"),
         ("report_to", ["nonsense"], "report_to"),
+        ("action_sampling", "some", "action_sampling must be one of"),
     ],
 )
 def test_invalid_config_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         AdapterTrainerConfig(**{field: value})
+
+
+def test_every_action_needs_enough_samples_for_the_largest_budget_and_a_sequence_adapter(tmp_path):
+    with pytest.raises(ValueError, match=r"num_generations must be >= max\(parallel_budgets\)=8"):
+        AdapterTrainerConfig(action_sampling="all", num_generations=4, parallel_budgets=[1, 8])
+    with pytest.raises(ValueError, match="needs a sequence-level adapter, got a token-level one"):
+        make_trainer(tmp_path, "token", action_sampling="all", num_generations=2, parallel_budgets=[1, 2])
+
+
+def test_trying_every_action_learns_a_different_action_per_budget(tmp_path):
+    """Greedy earns 0.5, a sample 1 a quarter of the time: greedy is best at B = 1, sampling at B = 4 (best of four
+    ~0.68). With every action tried at both budgets and the budget path to the logits, the policy learns both."""
+    model = make_tiny_model("llama")
+    tokenizer = make_char_tokenizer()
+    greedy = {}
+
+    def reward(prompts, completions, **kwargs):
+        for prompt in set(prompts) - set(greedy):
+            encoded = encode_prompts(tokenizer, [prompt], [AdapterTrainerConfig.instruction])
+            out = model.generate(**encoded, do_sample=False, max_new_tokens=6)
+            greedy[prompt] = tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [
+            0.5 if c == greedy[p] else float(zlib.crc32(c.encode()) % 4 == 0)
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+
+    trainer = make_trainer(
+        tmp_path,
+        "sequence",
+        reward,
+        model=model,
+        budget_logits=True,
+        action_sampling="all",
+        num_generations=4,
+        parallel_budgets=[1, 4],
+        max_steps=12,
+        learning_rate=0.05,
+        eval_steps=None,
+        plot=False,
+    )
+    trainer.train()
+    last = [entry for entry in trainer.state["log_history"] if "reward" in entry][-1]
+    assert last["action_probs/B=1/greedy"] > 0.9 and last["action_probs/B=4/T=1"] > 0.8
+    assert last["num_samples"] == 4 * 2 * 4  # every prompt: both actions, four samples each
+    assert {"expected_reward/B=1", "best_action_reward/B=4"} <= set(last)
 
 
 def test_bad_datasets_and_adapters_are_refused(tmp_path):
