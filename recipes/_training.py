@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from functools import partial
@@ -82,6 +83,14 @@ class ScriptArguments:
     comparison_samples: int | None = field(
         default=None,
         metadata={"help": "Samples per comparison problem; default: the largest parallel budget, or 1 (token level)."},
+    )
+    comparison_cache_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder of finished comparison outcomes (e.g. the committed static actions' on the same "
+            "problems) copied into output_dir/verdict_cache before the comparison; each is used only when its "
+            "recorded context (model, problems, decoder, seed, samples, instruction) matches this run's, else re-run."
+        },
     )
     families: list[str] | None = field(
         default=None, metadata={"help": "arithmetic: task families (default: DEFAULT_FAMILIES, the original five)."}
@@ -218,6 +227,15 @@ def compare(model, tokenizer, trainer, dataset, script_args: ScriptArguments, tr
     to `verdict.json` and `verdict.md`, added to the model card and printed last."""
     adapter = AutoDecodingAdapter.from_pretrained(trainer.output_dir)
     ks = sorted(set(training_args.parallel_budgets)) if adapter.level == "sequence" else [1]
+    cache_dir = trainer.output_dir / "verdict_cache"
+    if script_args.comparison_cache_from is not None:
+        source = Path(script_args.comparison_cache_from)
+        if not source.is_dir():
+            raise ValueError(f"comparison_cache_from={str(source)!r} is not a folder.")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for unit in source.glob("*.json"):  # finished units only; what this run already holds is kept
+            if not (cache_dir / unit.name).exists():
+                shutil.copy2(unit, cache_dir / unit.name)
     verdict = adapter_verdict(
         model,
         tokenizer,
@@ -230,7 +248,7 @@ def compare(model, tokenizer, trainer, dataset, script_args: ScriptArguments, tr
         seed=training_args.seed,
         instruction=training_args.instruction,
         system_prompt=training_args.system_prompt,
-        cache_dir=trainer.output_dir / "verdict_cache",
+        cache_dir=cache_dir,
         disable_tqdm=training_args.disable_tqdm,
     )
     text = render_verdict(verdict)

@@ -111,6 +111,17 @@ def test_training_recipes_run_with_overrides_of_their_default_config(default_mod
     assert run.stdout.rstrip().endswith((output / "verdict.md").read_text().rstrip())
     assert "Did the adapter help? 3 problems not used to choose its checkpoint" in run.stdout
     assert (output / "README.md").read_text().rstrip().endswith((output / "verdict.md").read_text().rstrip())
+    if recipe == "train_seq.py":  # a second run takes the static actions' outcomes from the first one's cache
+        again = tmp_path / "again"
+        reuse = [arg if arg != str(output) else str(again) for arg in command]
+        reuse += ["--comparison_cache_from", str(output / "verdict_cache")]
+        run = subprocess.run(reuse, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        static_units = [unit for unit in (output / "verdict_cache").glob("*.json") if "adapter" not in unit.name]
+        assert static_units
+        for unit in static_units:  # copied with its time stamp and not recomputed
+            assert (again / "verdict_cache" / unit.name).stat().st_mtime == unit.stat().st_mtime
+        assert json.loads((again / "verdict.json").read_text())["comparisons"] == verdict["comparisons"]
 
 
 def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
