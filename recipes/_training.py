@@ -201,6 +201,8 @@ def main(level: str, default_config: Path) -> None:
     if adapter.level != level:
         raise ValueError(f"This recipe trains {level}-level adapters; the adapter is {adapter.level}-level.")
     train_dataset, eval_dataset, comparison_dataset = load_data(script_args)
+    if comparison_dataset is not None and script_args.comparison_cache_from:
+        _comparison_cache_source(script_args)  # refused now rather than after training
     trainer = AdapterTrainer(
         model=model,
         adapter=adapter,
@@ -222,16 +224,24 @@ def main(level: str, default_config: Path) -> None:
             compare(model, tokenizer, trainer, comparison_dataset, script_args, training_args)
 
 
+def _comparison_cache_source(script_args: ScriptArguments) -> Path:
+    source = Path(script_args.comparison_cache_from)
+    if not source.is_dir():
+        raise ValueError(
+            f"comparison_cache_from={str(source)!r} is not a folder (relative paths are taken from the current "
+            f"directory, {os.getcwd()}); pass --comparison_cache_from '' to run every decoder of the comparison."
+        )
+    return source
+
+
 def compare(model, tokenizer, trainer, dataset, script_args: ScriptArguments, training_args) -> None:
     """The closing comparison: the saved adapter against every static action of its action space, paired; written
     to `verdict.json` and `verdict.md`, added to the model card and printed last."""
     adapter = AutoDecodingAdapter.from_pretrained(trainer.output_dir)
     ks = sorted(set(training_args.parallel_budgets)) if adapter.level == "sequence" else [1]
     cache_dir = trainer.output_dir / "verdict_cache"
-    if script_args.comparison_cache_from is not None:
-        source = Path(script_args.comparison_cache_from)
-        if not source.is_dir():
-            raise ValueError(f"comparison_cache_from={str(source)!r} is not a folder.")
+    if script_args.comparison_cache_from:  # None or "": nothing to reuse
+        source = _comparison_cache_source(script_args)
         cache_dir.mkdir(parents=True, exist_ok=True)
         for unit in source.glob("*.json"):  # finished units only; what this run already holds is kept
             if not (cache_dir / unit.name).exists():

@@ -124,6 +124,15 @@ def test_training_recipes_run_with_overrides_of_their_default_config(default_mod
         assert json.loads((again / "verdict.json").read_text())["comparisons"] == verdict["comparisons"]
 
 
+def test_a_missing_comparison_cache_is_refused_before_training(default_model, tmp_path):
+    command = [sys.executable, str(ROOT / "recipes" / "train_seq.py"), "--output_dir", str(tmp_path / "run")]
+    command += ["--comparison_cache_from", str(tmp_path / "nowhere"), "--disable_tqdm", "true"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0
+    assert f"comparison_cache_from={str(tmp_path / 'nowhere')!r} is not a folder" in run.stderr
+    assert "--comparison_cache_from ''" in run.stderr and not (tmp_path / "run").exists()
+
+
 def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from _training import ScriptArguments, load_data
