@@ -1,6 +1,7 @@
 """What `train_tok.py` and `train_seq.py` share: their script arguments, data and model set-up."""
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -30,6 +31,8 @@ from hf_adaptive_decoding.default_model import default_model_revision
 from hf_adaptive_decoding.evaluation.verdict import adapter_verdict, render_verdict
 from hf_adaptive_decoding.training.checkpointing import parse_resume_argument
 
+logger = logging.getLogger(__name__)
+REPOSITORY = Path(__file__).resolve().parents[1]
 DATASETS = ("arithmetic", "math", "gsm8k", "humaneval", "code_contests")
 CODE_DATASETS = ("humaneval", "code_contests")
 # (train split, validation split) when none is given. MATH-500, the default MATH source, and HumanEval have one set.
@@ -89,7 +92,8 @@ class ScriptArguments:
         metadata={
             "help": "A folder of finished comparison outcomes (e.g. the committed static actions' on the same "
             "problems) copied into output_dir/verdict_cache before the comparison; each is used only when its "
-            "recorded context (model, problems, decoder, seed, samples, instruction) matches this run's, else re-run."
+            "recorded context (model id, problems, decoder, seed, samples, instruction) matches this run's, else "
+            "re-run. The context does not record hardware, dtype or library versions: on other ones, pass ''."
         },
     )
     families: list[str] | None = field(
@@ -179,6 +183,12 @@ def main(level: str, default_config: Path) -> None:
     model, tokenizer = load_default_model(script_args.model_name_or_path)
     if script_args.adapter:
         adapter = AutoDecodingAdapter.from_pretrained(script_args.adapter)
+        if adapter.config.budget_logits != script_args.budget_logits:
+            logger.warning(
+                "--budget_logits %s applies to fresh adapters; the adapter from --adapter keeps budget_logits=%s.",
+                script_args.budget_logits,
+                adapter.config.budget_logits,
+            )
     else:
         budget_feature = None if script_args.budget_feature in (None, "none") else script_args.budget_feature
         decoding = AdaptiveDecodingConfig.coerce(script_args.preset)
@@ -225,11 +235,15 @@ def main(level: str, default_config: Path) -> None:
 
 
 def _comparison_cache_source(script_args: ScriptArguments) -> Path:
+    """The folder of `comparison_cache_from`; a relative path is looked up in the current directory, then in the
+    checkout these recipes belong to (where the default config's committed cache is)."""
     source = Path(script_args.comparison_cache_from)
+    if not source.is_dir() and not source.is_absolute() and (REPOSITORY / source).is_dir():
+        source = REPOSITORY / source
     if not source.is_dir():
         raise ValueError(
-            f"comparison_cache_from={str(source)!r} is not a folder (relative paths are taken from the current "
-            f"directory, {os.getcwd()}); pass --comparison_cache_from '' to run every decoder of the comparison."
+            f"comparison_cache_from={script_args.comparison_cache_from!r} is not a folder under {os.getcwd()} or "
+            f"{REPOSITORY}; pass --comparison_cache_from '' to run every decoder of the comparison."
         )
     return source
 

@@ -133,6 +133,17 @@ def test_a_missing_comparison_cache_is_refused_before_training(default_model, tm
     assert "--comparison_cache_from ''" in run.stderr and not (tmp_path / "run").exists()
 
 
+def test_the_default_configs_comparison_cache_is_found_from_any_directory(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from _training import ScriptArguments, _comparison_cache_source
+
+    monkeypatch.chdir(tmp_path)
+    relative = "recipes/results/smollm2-135m-sequence-adapter/verdict_cache"
+    assert _comparison_cache_source(ScriptArguments(comparison_cache_from=relative)) == ROOT / relative
+    (tmp_path / "mine").mkdir()  # the current directory comes first
+    assert _comparison_cache_source(ScriptArguments(comparison_cache_from="mine")) == Path("mine")
+
+
 def test_training_recipes_keep_validation_prompts_out_of_training(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from _training import ScriptArguments, load_data

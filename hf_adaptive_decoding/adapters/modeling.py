@@ -52,11 +52,12 @@ class DecodingAdapterConfig(PreTrainedConfig):
             Width of the 2-layer budget encoder whose output is concatenated to the context features.
         budget_logits (`bool`, defaults to `False`):
             Also add to the action logits a function of the budget alone: a 2-layer MLP of the centred budget feature
-            `2 x - 1`, its first layer initialised as `adapter_hidden_size` unit-scale random features, its output
-            layer at zero (a fresh adapter is still the uniform policy). Through the
-            MLP alone the budget is one small input beside hundreds of unit-scale context features, and a policy
-            trained on several budgets moves alike at all of them (recipes/results/experiments.md, Q3); through this
-            path a logit moves about as fast with the budget as with the context.
+            `2 x - 1`, its first layer initialised as `adapter_hidden_size` random features of order 1 (weights of std
+            2, biases of std 1, not the MLP's `initializer_range`), its output layer at zero (a fresh adapter is
+            still the uniform policy). Through the MLP alone the budget is one small input beside hundreds of
+            unit-scale context features, and a policy trained on several budgets moves alike at all of them
+            (recipes/results/experiments.md, Q3); through this path a logit moves about as fast with the budget as
+            with the context.
         normalize_features (`bool`, defaults to `True`):
             LayerNorm the context features before the MLP; hidden-state scales differ a lot between models.
         initializer_range (`float`, defaults to 0.02):
@@ -152,7 +153,7 @@ class DecodingAdapterPreTrainedModel(PreTrainedModel):
         zero_init = (getattr(self, "output_layer", None), None if budget_logits is None else budget_logits[-1])
         init_adapter_weights(module, self.config.initializer_range, zero_init)
         if budget_logits is not None and module is budget_logits[0]:
-            # Random features of the budget at unit scale, as many as the MLP's last layer has: under Adam a logit
+            # Random features of the budget of order 1, as many as the MLP's last layer has: under Adam a logit
             # moves about as fast through this path as through the MLP, and smoothly in the budget.
             module.weight.normal_(0.0, 2.0)
             module.bias.normal_(0.0, 1.0)

@@ -155,7 +155,8 @@ class AdapterTrainerConfig(BaseTrainerConfig):
         default="best_of_b",
         metadata={
             "help": "Sequence level: how the B rewards of one action make its reward: 'mean', 'best_of_b' (the "
-            "maximum) or 'pass@k' (the unbiased estimate from B samples, k <= min(parallel_budgets))."
+            "maximum) or 'pass@k' (the unbiased estimate from B samples, or from num_generations with "
+            "action_sampling='all'; k <= min(parallel_budgets))."
         },
     )
     entropy_coef: float = field(

@@ -135,6 +135,8 @@ def rewards_at_budgets(rewards: torch.Tensor, budgets: list[int], how: str, k: i
         `torch.Tensor` of shape `(..., len(budgets))`.
     """
     n = rewards.shape[-1]
+    if not budgets or any(not 1 <= budget <= n for budget in budgets):
+        raise ValueError(f"Every parallel budget must be in [1, {n}] (the samples per action); got {budgets}.")
     if how == "mean":
         return rewards.mean(-1, keepdim=True).expand(*rewards.shape[:-1], len(budgets))
     if how != "best_of_b":

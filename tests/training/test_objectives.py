@@ -57,7 +57,7 @@ def test_rewards_at_budgets_are_the_expected_best_of_b_drawn_from_the_samples():
         assert values == pytest.approx(brute_force)
     pass_at_budgets = [pass_at_k(torch.tensor([6]), torch.tensor([2]), b).item() for b in budgets]
     assert estimated[0].tolist() == pytest.approx(pass_at_budgets)  # 0/1 rewards: best of B is the unbiased pass@B
-    assert rewards_at_budgets(rewards, [1, 8], "mean").flatten().tolist() == pytest.approx([1 / 3] * 4)
+    assert rewards_at_budgets(rewards, [1, 6], "mean").flatten().tolist() == pytest.approx([1 / 3] * 4)
     assert rewards_at_budgets(rewards, [1, 2], "pass@k", k=2)[:, 0].tolist() == pytest.approx(
         [1 - math.comb(4, 2) / math.comb(6, 2), 1 - math.comb(5, 2) / math.comb(6, 2)]
     )
@@ -79,7 +79,7 @@ def test_expected_policy_loss_is_minus_the_expected_advantage_and_weights_groups
     probs = adapter(features, budgets).logits.softmax(-1)
     expected = -(probs[:2] * action_advantages[:2]).sum(-1).mean()
     torch.testing.assert_close(loss, expected)
-    assert parts["entropy"] > 0
+    assert parts["entropy"] == pytest.approx(float(-(probs[:2] * probs[:2].log()).sum(-1).mean()))
     loss.backward()  # the filtered group's advantage does not reach the gradient
     grads = [p.grad.clone() for p in adapter.parameters()]
     adapter.zero_grad()
@@ -87,3 +87,8 @@ def test_expected_policy_loss_is_minus_the_expected_advantage_and_weights_groups
     changed[2] = 100.0
     expected_policy_loss(adapter, features, budgets, changed, weights, entropy_coef=0.0)[0].backward()
     assert all(torch.allclose(a, p.grad) for a, p in zip(grads, adapter.parameters(), strict=True))
+
+
+def test_rewards_at_budgets_refuses_budgets_beyond_the_samples():
+    with pytest.raises(ValueError, match=r"in \[1, 4\].*\[1, 8\]"):
+        rewards_at_budgets(torch.zeros(2, 4), [1, 8], "best_of_b")
