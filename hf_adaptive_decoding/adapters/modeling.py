@@ -126,7 +126,7 @@ class DecodingAdapterOutput(ModelOutput):
 
 @torch.no_grad()
 def init_adapter_weights(
-    module: nn.Module, initializer_range: float, output_layers: nn.Module | tuple[nn.Module | None, ...] | None
+    module: nn.Module, initializer_range: float, output_layers: tuple[nn.Module | None, ...]
 ) -> None:
     """Normal linear weights, zero biases, unit LayerNorms, zero output layers: a fresh policy ignores its input."""
     if isinstance(module, nn.Linear):
@@ -136,8 +136,6 @@ def init_adapter_weights(
     elif isinstance(module, nn.LayerNorm):
         module.weight.fill_(1.0)
         module.bias.zero_()
-    if not isinstance(output_layers, tuple):
-        output_layers = (output_layers,)
     if any(module is layer for layer in output_layers):
         module.weight.zero_()
 

@@ -142,7 +142,7 @@ class DraftAdapterPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         output_layer = getattr(self, "output_layer", None)
-        init_adapter_weights(module, self.config.initializer_range, output_layer)
+        init_adapter_weights(module, self.config.initializer_range, (output_layer,))
         if module is output_layer:
             p = self.config.initial_stop_probability
             module.bias.fill_(math.log(p / (1 - p)))
