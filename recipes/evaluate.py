@@ -86,6 +86,13 @@ class EvaluationArguments:
             "BEST@k, family-best and the oracle are scored on these problems and compared against."
         },
     )
+    baselines_token_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --baselines: score the baselines chosen at this validated token budget at every evaluated "
+            "budget (for budgets validation did not cover, e.g. adapters outside their training range)."
+        },
+    )
     summary_file: str | None = field(
         default=None,
         metadata={"help": "With --baselines: where summary.json goes (default: output_dir/summary.json)."},
@@ -97,6 +104,8 @@ def _decoders(args: EvaluationArguments) -> tuple[list[Decoder], list[str], dict
     """The decoders to run (theirs, then any candidate not among them), the candidates' names, the baselines read."""
     if args.baselines and (args.candidates or args.write_baselines):
         raise ValueError("--baselines scores baselines chosen before; it takes no --candidates or --write_baselines.")
+    if args.baselines_token_budget is not None and not args.baselines:
+        raise ValueError("--baselines_token_budget says which budget's baselines to score: give --baselines too.")
     if args.write_baselines and not args.candidates:
         raise ValueError("--write_baselines chooses among --candidates: give the static decoder specs to compare.")
     baselines = json.loads(Path(args.baselines).read_text()) if args.baselines else None
@@ -159,7 +168,7 @@ def main() -> None:
         print(f"Baselines chosen on {len(test)} {args.split} problems: {args.write_baselines}")
     if baselines:
         adapters = [decoder.name for decoder in decoders if isinstance(decoder.policy, DecodingAdapterModel)]
-        summary = add_baselines(summary, baselines, families, reference)
+        summary = add_baselines(summary, baselines, families, reference, args.baselines_token_budget)
         summary_path = Path(args.summary_file or output_dir / "summary.json")
         summary_path.write_text(json.dumps(summary_json(summary, adapters), indent=2))
     if families is not None:

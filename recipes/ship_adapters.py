@@ -1,5 +1,6 @@
-"""Step 4 of recipes/reproduce.sh: lay the reproduction's adapters out as Hub repos in model_cards/<name>/ (config,
-weights, model card with the test results, training plots) and keep its results in recipes/results/reproduce/.
+"""Step 5 of recipes/reproduce.sh: lay the reproduction's adapters out as Hub repos in model_cards/<name>/ (config,
+weights, model card with the test results, training plots) and keep its results in recipes/results/reproduce/
+(summary.json: the test comparisons, with the generalisation checks beside them).
 
     python recipes/ship_adapters.py --reproduction_dir outputs/reproduce --model_cards_dir model_cards
 
@@ -16,6 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import HfArgumentParser
 
 from hf_adaptive_decoding import DecodingAction
+from hf_adaptive_decoding.evaluation.comparison import BEST, BEST_AT_K, FAMILY_BEST, ORACLE, paired_difference
 from hf_adaptive_decoding.evaluation.report import plot_evaluation, results_table
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "templates" / "shipped_adapter.md"
@@ -50,6 +52,9 @@ RUNS = {
     ),
 }
 ADAPTER_FILES = ("config.json", "model.safetensors")
+# The reproduction's evaluations: folder -> the key of its summary in recipes/results/reproduce/summary.json
+EVALUATIONS = {"test": None, "held_out_families": "held_out_families", "token_budgets": "token_budgets"}
+BASELINE_COLUMNS = [BEST, BEST_AT_K, FAMILY_BEST, ORACLE]
 
 
 @dataclass
@@ -66,15 +71,22 @@ def _hours(timings: Path) -> str:
     return f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes"
 
 
-def _verdict(summary: dict, column: str, budget: int) -> str:
-    notes = []
-    for k in summary["settings"]["ks"]:
-        entry = next(e for e in summary["results"] if (e["decoder"], e["token_budget"], e["k"]) == (column, budget, k))
-        low, high = 100 * (entry["delta"] - entry["delta_ci95"]), 100 * (entry["delta"] + entry["delta_ci95"])
-        significant = "excludes 0" if low > 0 or high < 0 else "includes 0: no significant difference"
-        delta = f"{100 * entry['delta']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}]"
-        notes.append(f"Pass@{k}: {delta} ({significant})")
-    return "Against BEST at token budget " + str(budget) + ": " + "; ".join(notes) + "."
+def _verdict(summary: dict, column: str, budget: int, where: str) -> str:
+    """The adapter against BEST and BEST@k in words, with the paired intervals, at every k."""
+    lines = []
+    for reference in (BEST, BEST_AT_K):
+        if reference not in summary["decoders"]:
+            continue
+        notes = []
+        for k in summary["settings"]["ks"]:
+            paired = paired_difference(summary, column, reference, budget, k)
+            low, high = (100 * bound for bound in paired["ci95"])
+            resolved = "excludes 0" if low > 0 or high < 0 else "includes 0: no resolved difference"
+            notes.append(
+                f"Pass@{k} {100 * paired['delta']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}] ({resolved})"
+            )
+        lines.append(f"- Against {reference} {where}, token budget {budget}: " + "; ".join(notes) + ".")
+    return "\n".join(lines)
 
 
 def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: str, results: dict) -> None:
@@ -91,24 +103,29 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
     actions = [DecodingAction.from_dict(action) for action in decoding["actions"]]
     state = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     settings = json.loads(state[-1].read_text())["config"] if state else {}
-    main, sweep = results["main"], results.get("sweep")
-    main_budget = max(main["settings"]["token_budgets"])
+    test = results["test"]
     if level == "token":
-        columns = ["BEST", "greedy", "MIXED-token", column]
+        columns = [*BASELINE_COLUMNS, "greedy", column]
         decides = "an action at every generated token (the paper's POMDP)"
         budget = f"remaining tokens b_t ({budget_feature} encoding)" if budget_feature else "none (budget-agnostic)"
     else:
-        columns = ["BEST", "MIXED-seq", column]
+        columns = [*BASELINE_COLUMNS, column]
         decides = "one action per prompt, shared by its parallel samples (the paper's contextual bandit)"
         budget = f"parallel budget B ({budget_feature} encoding)" if budget_feature else "none (budget-agnostic)"
-    columns = list(dict.fromkeys(c for c in columns if c in main["decoders"]))
-    tables = [f"Token budget {main_budget}, {len(main['settings']['seeds'])} seeds:\n\n{results_table(main, columns)}"]
-    if level == "token" and sweep is not None and column in sweep["decoders"]:
-        for sweep_budget in sorted(sweep["settings"]["token_budgets"])[:-1]:
-            sweep_columns = [c for c in columns if c in sweep["decoders"]]
-            table = results_table(sweep, sweep_columns, token_budget=sweep_budget)
-            seeds = ", ".join(str(seed) for seed in sweep["settings"]["seeds"])
-            tables.append(f"Token budget {sweep_budget}, seed {seeds}:\n\n{table}")
+    tables, verdicts = [], []
+    where = {
+        "test": f"on the {test['settings']['num_problems']} test problems of the suite",
+        "held_out_families": "on task families never trained or selected on",
+        "token_budgets": "outside the training range of token budgets",
+    }
+    for folder, summary in results["evaluations"].items():
+        if column not in summary["decoders"]:
+            continue
+        shown = [name for name in dict.fromkeys(columns) if name in summary["decoders"]]
+        for token_budget in sorted(summary["settings"]["token_budgets"]):
+            title = f"{where[folder].capitalize()} ({summary['settings']['num_problems']} problems), token budget"
+            tables.append(f"{title} {token_budget}:\n\n{results_table(summary, shown, token_budget=token_budget)}")
+            verdicts.append(_verdict(summary, column, token_budget, where[folder]))
     context = {
         "entropy": "the next-token entropy (one number)",
         "hidden_state+stats": "the final hidden state, the next-token entropy and max probability at each step",
@@ -130,12 +147,15 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
         steps=settings.get("max_steps", "?"),
         settings=json.dumps(settings, indent=2),
         best=results["best"],
-        result_note=f"{main['settings']['num_samples']} samples per problem; greedy counts one sample for all.",
+        num_validation=results["baselines"]["num_problems"],
+        validation_samples=results["baselines"]["num_samples"],
+        num_candidates=len(results["baselines"]["candidates"]),
+        result_note=f"{test['settings']['num_samples']} samples per problem; greedy counts one sample for all.",
         results="\n\n".join(tables),
-        honest_note=_verdict(main, column, main_budget),
+        honest_note="\n".join(verdicts),
         hours=results["hours"],
         config_file=run_dir.name.replace("-", "_") + ".yaml",
-        num_test=main["settings"]["num_problems"],
+        num_test=test["settings"]["num_problems"],
     )
     card_data = ModelCardData(
         base_model=config.get("base_model_name_or_path"),
@@ -147,27 +167,30 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
     ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}").save(target / "README.md")
 
 
-def keep_results(reproduction: Path, results_dir: Path) -> None:
-    """The figures the README and cards cite, small enough to commit."""
+def keep_results(reproduction: Path, results_dir: Path, evaluations: dict[str, dict]) -> None:
+    """The figures the README and cards cite, small enough to commit: each evaluation's tables, summary and plots,
+    the baselines chosen on validation, the timings, and `summary.json` (the test comparisons, with the
+    generalisation checks' under `generalisation`)."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    for folder in ("evaluation", "evaluation_token_budgets"):
-        source = reproduction / folder
-        for filename in ("results.json", "results.md"):
+    for folder in ("validation", *evaluations):
+        source, target = reproduction / folder, results_dir / folder
+        target.mkdir(exist_ok=True)
+        for filename in ("results.json", "results.md", "summary.json", "baselines.json"):
             if (source / filename).exists():
-                (results_dir / folder).mkdir(exist_ok=True)
-                shutil.copy2(source / filename, results_dir / folder / filename)
+                shutil.copy2(source / filename, target / filename)
         if (source / "details.json").exists():  # redrawn, so the kept plots follow the current report code
             summary = {
                 **json.loads((source / "results.json").read_text()),
                 **json.loads((source / "details.json").read_text()),
             }
-            plot_evaluation(summary, results_dir / folder / "plots")
-        elif (source / "plots").is_dir():
-            shutil.copytree(source / "plots", results_dir / folder / "plots", dirs_exist_ok=True)
-    selection = reproduction / "action_selection"
-    (results_dir / "action_selection").mkdir(exist_ok=True)
-    for path in [*selection.glob("*.json"), *selection.glob("*.png")]:
-        shutil.copy2(path, results_dir / "action_selection" / path.name)
+            plot_evaluation(summary, target / "plots")
+    summary = json.loads((reproduction / "test" / "summary.json").read_text())
+    summary["generalisation"] = {
+        key: json.loads((reproduction / folder / "summary.json").read_text())
+        for folder, key in EVALUATIONS.items()
+        if key is not None and (reproduction / folder / "summary.json").exists()
+    }
+    (results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if (reproduction / "timings.tsv").exists():
         shutil.copy2(reproduction / "timings.tsv", results_dir / "timings.tsv")
 
@@ -175,14 +198,21 @@ def keep_results(reproduction: Path, results_dir: Path) -> None:
 def main() -> None:
     (args,) = HfArgumentParser(ShipArguments).parse_args_into_dataclasses()
     reproduction = Path(args.reproduction_dir)
-    main_results = reproduction / "evaluation" / "results.json"
-    if not main_results.exists():
-        raise FileNotFoundError(f"{main_results} does not exist: run the evaluation step of reproduce.sh first.")
-    sweep = reproduction / "evaluation_token_budgets" / "results.json"
+    for needed in ("test/results.json", "test/summary.json", "validation/baselines.json"):
+        if not (reproduction / needed).exists():
+            raise FileNotFoundError(f"{reproduction / needed} does not exist: run reproduce.sh's earlier steps first.")
+    evaluations = {
+        folder: json.loads((reproduction / folder / "results.json").read_text())
+        for folder in EVALUATIONS
+        if (reproduction / folder / "results.json").exists()
+    }
+    baselines = json.loads((reproduction / "validation" / "baselines.json").read_text())
+    main_budget = max(evaluations["test"]["settings"]["token_budgets"])
     results = {
-        "main": json.loads(main_results.read_text()),
-        "sweep": json.loads(sweep.read_text()) if sweep.exists() else None,
-        "best": json.loads((reproduction / "action_selection" / "selection.json").read_text())["best"]["name"],
+        "test": evaluations["test"],
+        "evaluations": evaluations,
+        "best": baselines["token_budgets"][str(main_budget)][BEST],
+        "baselines": baselines,
         "hours": _hours(reproduction / "timings.tsv"),
     }
     for run, (name, column, summary_line) in RUNS.items():
@@ -191,7 +221,7 @@ def main() -> None:
             raise FileNotFoundError(f"{run_dir} holds no trained adapter: run the training steps of reproduce.sh.")
         ship_run(run_dir, Path(args.model_cards_dir) / name, name, column, summary_line, results)
         print(f"Shipped {run_dir} -> {Path(args.model_cards_dir) / name}")
-    keep_results(reproduction, Path(args.results_dir))
+    keep_results(reproduction, Path(args.results_dir), evaluations)
     print(f"Results kept in {args.results_dir}/")
 
 

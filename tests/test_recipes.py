@@ -197,9 +197,9 @@ def test_humaneval_config_trains_a_sequence_adapter_end_to_end(default_model, tm
 
 @pytest.mark.slow
 def test_reproduce_script_runs_every_step_resumes_and_ships_loadable_adapters(default_model, tmp_path):
-    """recipes/reproduce.sh at smoke size in a copy of the recipes: selection, five trainings, both evaluations and
-    the shipped folders; a second run skips every finished step; a step whose marker is gone runs again from its
-    cache without generating (its results are unchanged)."""
+    """recipes/reproduce.sh at smoke size in a copy of the recipes: validation, five trainings, the test and both
+    generalisation checks, the shipped folders and summary.json; a second run skips every finished step; a step whose
+    marker is gone runs again from its cache without generating (its results are unchanged)."""
     import shutil
 
     from hf_adaptive_decoding import AutoDecodingAdapter
@@ -214,22 +214,34 @@ def test_reproduce_script_runs_every_step_resumes_and_ships_loadable_adapters(de
     out = tmp_path / "outputs" / "reproduce"
     steps = [line.split("\t")[0] for line in (out / "timings.tsv").read_text().splitlines()]
     assert steps == [
-        "select-actions",
+        "validation",
         "train-token_budget",
         "train-token_no_budget",
         "train-token_entropy",
         "train-sequence_budget",
         "train-sequence_no_budget",
-        "evaluate",
-        "evaluate-token-budgets",
+        "test",
+        "held-out-families",
+        "token-budgets",
         "ship",
     ]
-    selection = json.loads((out / "action_selection" / "selection.json").read_text())
-    assert len(selection["candidates"]) == 181 and len(selection["sequence"]["selected"]) == 6
-    results = json.loads((out / "evaluation" / "results.json").read_text())
-    assert {entry["decoder"] for entry in results["results"]} >= {"BEST", "seq w/ budget", "token w/ budget"}
-    assert (out / "evaluation" / "plots" / "accuracy_vs_budget.png").exists()
-    assert (tmp_path / "recipes" / "results" / "reproduce" / "evaluation" / "results.md").exists()
+    baselines = json.loads((out / "validation" / "baselines.json").read_text())
+    assert len(baselines["candidates"]) == 10 and baselines["split"] == "validation"
+    results = json.loads((out / "test" / "results.json").read_text())
+    assert {entry["decoder"] for entry in results["results"]} >= {"BEST", "BEST@k", "oracle", "seq w/ budget"}
+    assert (out / "test" / "plots" / "accuracy_vs_budget.png").exists()
+    kept = tmp_path / "recipes" / "results" / "reproduce"
+    assert (kept / "test" / "results.md").exists() and (kept / "validation" / "baselines.json").exists()
+    summary = json.loads((kept / "summary.json").read_text())
+    assert summary["num_test_problems"] == 2 and not summary["baselines_in_sample"]
+    adapters = {"seq w/o budget", "seq w/ budget", "token w/o budget", "token w/ budget", "token entropy-only"}
+    assert {row["decoder"] for row in summary["comparisons"]} == adapters
+    assert {row["reference"] for row in summary["comparisons"]} == {"BEST", "BEST@k", "family-best"}
+    held_out = summary["generalisation"]["held_out_families"]
+    assert {row["decoder"] for row in held_out["comparisons"]} == adapters
+    budgets = summary["generalisation"]["token_budgets"]
+    assert {row["token_budget"] for row in budgets["comparisons"]} == {8}
+    assert {row["decoder"] for row in budgets["comparisons"]} == adapters - {"seq w/o budget", "seq w/ budget"}
 
     shipped = shipped_adapters(tmp_path / "model_cards")
     assert len(shipped) == 5
@@ -242,18 +254,18 @@ def test_reproduce_script_runs_every_step_resumes_and_ships_loadable_adapters(de
     assert entropy.context_features == "entropy"
 
     again = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 9, again.stdout[-2000:]
-    # As if the evaluation step had been killed 7 s after it started: the rerun counts that attempt in the timings.
-    (out / ".done-evaluate").unlink()
-    log_written = int((out / "logs" / "evaluate.log").stat().st_mtime)
-    (out / ".started-evaluate").write_text(f"{log_written - 7}\n")
-    before = (out / "evaluation" / "results.json").read_text()
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 10, again.stdout[-2000:]
+    # As if the test step had been killed 7 s after it started: the rerun counts that attempt in the timings.
+    (out / ".done-test").unlink()
+    log_written = int((out / "logs" / "test.log").stat().st_mtime)
+    (out / ".started-test").write_text(f"{log_written - 7}\n")
+    before = (out / "test" / "results.json").read_text()
     rerun = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert (out / "evaluation" / "results.json").read_text() == before
+    assert (out / "test" / "results.json").read_text() == before
     timings = (out / "timings.tsv").read_text().splitlines()
-    assert timings[-2] == "evaluate (interrupted)\t7" and timings[-1].startswith("evaluate\t"), timings
-    assert not (out / ".started-evaluate").exists()
+    assert timings[-2] == "test (interrupted)\t7" and timings[-1].startswith("test\t"), timings
+    assert not (out / ".started-test").exists()
 
 
 @pytest.mark.slow

@@ -140,6 +140,7 @@ def add_baselines(
     baselines: dict[str, Any],
     families: Sequence[str] | None = None,
     reference: str | None = BEST,
+    chosen_at_token_budget: int | None = None,
 ) -> dict[str, Any]:
     """
     Score the baselines [`choose_baselines`] chose on a test summary that evaluated every candidate, and add them to
@@ -148,7 +149,10 @@ def add_baselines(
     upper bound no decoder choosing among these candidates can pass). Differences are then measured against
     `reference`.
 
-    A family of the test split that validation did not have falls back to `BEST@k` for its problems.
+    A family of the test split that validation did not have falls back to `BEST@k` for its problems. With
+    `chosen_at_token_budget`, the baselines chosen at that token budget are scored at every token budget of the test
+    summary (for budgets validation did not cover, e.g. a check of adapters outside their training range: what a
+    user who tuned a static decoder at one budget would run at another).
     """
     settings = test["settings"]
     candidates = baselines["candidates"]
@@ -158,13 +162,18 @@ def add_baselines(
             f"The test summary lacks the candidates {missing}: run every candidate of the baselines on test, so that "
             "BEST, BEST@k, family-best and the oracle are scored on the test problems."
         )
+    validated = [int(budget) for budget in baselines["token_budgets"]]
+    if chosen_at_token_budget is not None and chosen_at_token_budget not in validated:
+        raise ValueError(
+            f"chosen_at_token_budget={chosen_at_token_budget}: the baselines were chosen at token budgets {validated}."
+        )
     missing_ks = sorted(set(settings["ks"]) - set(baselines["ks"]))
-    missing_budgets = [b for b in settings["token_budgets"] if str(b) not in baselines["token_budgets"]]
+    missing_budgets = [b for b in settings["token_budgets"] if b not in validated and chosen_at_token_budget is None]
     if missing_ks or missing_budgets:
         raise ValueError(
-            f"The baselines were chosen for ks {baselines['ks']} and token budgets "
-            f"{list(baselines['token_budgets'])}; the test summary also has ks {missing_ks} and budgets "
-            f"{missing_budgets}."
+            f"The baselines were chosen for ks {baselines['ks']} and token budgets {validated}; the test summary also "
+            f"has ks {missing_ks} and budgets {missing_budgets} (pass chosen_at_token_budget to score the baselines "
+            "of one validated budget at the others)."
         )
     if families is not None and len(families) != settings["num_problems"]:
         raise ValueError(f"{len(families)} families for {settings['num_problems']} test problems.")
@@ -185,7 +194,7 @@ def add_baselines(
         summary["decoders"][name] = {"description": descriptions[name], "level": "baseline", "budget_aware": False}
         summary["per_problem"][name] = {}
     for budget in settings["token_budgets"]:
-        chosen = baselines["token_budgets"][str(budget)]
+        chosen = baselines["token_budgets"][str(budget if chosen_at_token_budget is None else chosen_at_token_budget)]
         for name in names:
             summary["per_problem"][name][str(budget)] = {}
         for k in settings["ks"]:
@@ -215,6 +224,7 @@ def add_baselines(
                     }
                 )
     summary["baselines"] = baselines
+    summary["settings"]["baselines_chosen_at_token_budget"] = chosen_at_token_budget
     # Chosen and scored on the same problems: the baselines' figures are in-sample, flattered by the choice.
     chosen_on = baselines.get("dataset_fingerprint")
     summary["settings"]["baselines_in_sample"] = chosen_on is not None and chosen_on == settings.get(

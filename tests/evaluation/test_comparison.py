@@ -159,6 +159,26 @@ def test_baselines_chosen_for_other_ks_are_refused():
         add_baselines(TEST, baselines)
 
 
+def test_baselines_chosen_at_one_budget_are_scored_at_another_when_asked():
+    at_96 = copy.deepcopy(TEST)
+    at_96["settings"]["token_budgets"] = [96]
+    for by_budget in at_96["per_problem"].values():
+        by_budget["96"] = by_budget.pop(str(BUDGET))
+    for entry in at_96["results"]:
+        entry["token_budget"] = 96
+    baselines = choose_baselines(VALIDATION, ["greedy", "T=1", "hot"], FAMILIES)
+    with pytest.raises(ValueError, match=r"budgets \[48\]; the test summary also has ks \[\] and budgets \[96\]"):
+        add_baselines(at_96, baselines)
+    with pytest.raises(ValueError, match=r"chosen_at_token_budget=32: the baselines were chosen at .* \[48\]"):
+        add_baselines(at_96, baselines, chosen_at_token_budget=32)
+    summary = add_baselines(at_96, baselines, TEST_FAMILIES, chosen_at_token_budget=BUDGET)
+    # The choices made at 48 tokens (BEST = T=1, BEST@1 = greedy), scored on the 96-token outcomes.
+    assert summary["per_problem"][BEST]["96"] == at_96["per_problem"]["T=1"]["96"]
+    assert summary["per_problem"][BEST_AT_K]["96"]["1"] == at_96["per_problem"]["greedy"]["96"]["1"]
+    assert summary["settings"]["baselines_chosen_at_token_budget"] == BUDGET
+    assert {row["token_budget"] for row in comparisons(summary, ["ours"])} == {96}
+
+
 def test_without_families_there_is_no_family_best():
     summary = add_baselines(TEST, choose_baselines(VALIDATION, ["greedy", "T=1", "hot"]))
     assert FAMILY_BEST not in summary["decoders"] and ORACLE in summary["decoders"]
