@@ -10,6 +10,7 @@ not carry the signal; one that can says the trainer has something to find.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,18 +27,19 @@ def prompt_features(
     instruction: str | None = None,
     system_prompt: str | None = None,
     batch_size: int = 64,
+    prompt_pooling: Literal["last", "mean"] = "last",
 ) -> torch.Tensor:
-    """The final (normed) hidden state at each prompt's last token, as a sequence-level adapter with
-    `prompt_pooling="last"` sees it: `(len(prompts), hidden_size)` in float32 on the CPU."""
+    """The final (normed) hidden state of each prompt as a sequence-level adapter with this `prompt_pooling` sees it
+    (at the last token, or the mean over the prompt's tokens): `(len(prompts), hidden_size)` in float32 on the CPU."""
     if len(prompts) == 0:
         raise ValueError("prompt_features got no prompts.")
     rows = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         encoded = encode_prompts(tokenizer, chunk, [instruction] * len(chunk), system_prompt, model.device)
-        with HiddenStateCapture(model) as capture:
+        with HiddenStateCapture(model, prompt_pooling) as capture:
             model(**encoded)
-        rows.append(capture.last.float().cpu())
+            rows.append(capture.prompt_embedding().float().cpu())
     return torch.cat(rows)
 
 

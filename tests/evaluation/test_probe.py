@@ -44,6 +44,17 @@ def test_prompt_features_are_the_final_hidden_state_at_the_last_prompt_token(lla
     torch.testing.assert_close(features, hidden, atol=1e-5, rtol=1e-4)
 
 
+def test_mean_pooled_prompt_features_average_the_prompt_tokens_padding_excluded(llama):
+    tokenizer = make_char_tokenizer()
+    prompts = ["12+3", "what is it?", "x"]
+    features = prompt_features(llama, tokenizer, prompts, instruction="go", batch_size=2, prompt_pooling="mean")
+    for row, prompt in enumerate(prompts):  # one prompt at a time: no padding at all
+        encoded = encode_prompts(tokenizer, [prompt], ["go"])
+        with torch.no_grad():
+            hidden = llama(**encoded, output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(features[row], hidden.mean(dim=0), atol=1e-5, rtol=1e-4)
+
+
 def test_prompt_features_of_no_prompts_is_an_error(llama):
     with pytest.raises(ValueError, match="got no prompts"):
         prompt_features(llama, make_char_tokenizer(), [])
