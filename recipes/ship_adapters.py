@@ -114,7 +114,7 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
         budget = f"parallel budget B ({budget_feature} encoding)" if budget_feature else "none (budget-agnostic)"
     tables, verdicts = [], []
     where = {
-        "test": f"on the {test['settings']['num_problems']} test problems of the suite",
+        "test": "on the test problems of the suite",
         "held_out_families": "on task families never trained or selected on",
         "token_budgets": "outside the training range of token budgets",
     }
@@ -150,6 +150,7 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
         num_validation=results["baselines"]["num_problems"],
         validation_samples=results["baselines"]["num_samples"],
         num_candidates=len(results["baselines"]["candidates"]),
+        ks=", ".join(str(k) for k in results["baselines"]["ks"]),
         result_note=f"{test['settings']['num_samples']} samples per problem; greedy counts one sample for all.",
         results="\n\n".join(tables),
         honest_note="\n".join(verdicts),
