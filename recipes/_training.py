@@ -50,6 +50,10 @@ class ScriptArguments:
         default="hidden_state",
         metadata={"help": "hidden_state; token level also entropy (the Section 4 ablation) or hidden_state+stats."},
     )
+    prompt_pooling: str = field(
+        default="last",
+        metadata={"help": "Sequence level: the prompt's final hidden state at its last token (last) or mean over it."},
+    )
     adapter: str | None = field(default=None, metadata={"help": "Start from this adapter (folder or Hub id)."})
     adapter_hidden_size: int = field(default=256, metadata={"help": "Hidden size of a fresh adapter's MLP."})
     budget_logits: bool = field(
@@ -198,6 +202,7 @@ def main(level: str, default_config: Path) -> None:
                 "level": level,
                 "budget_feature": budget_feature,
                 "context_features": script_args.context_features,
+                "prompt_pooling": script_args.prompt_pooling,
             }
         )
         revision = default_model_revision() if script_args.model_name_or_path is None else None
