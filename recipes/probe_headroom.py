@@ -41,12 +41,6 @@ class ProbeArguments:
     num_folds: int = field(default=5, metadata={"help": "Folds of the cross-validation over problems."})
     probe_seed: int = field(default=0, metadata={"help": "Seeds the folds and the probes."})
     probe_weight_decay: float = field(default=0.1, metadata={"help": "The probe's AdamW weight decay."})
-    prompt_pooling: str = field(
-        default="last",
-        metadata={
-            "help": "The prompt's hidden state at its last token ('last') or the mean over its tokens ('mean')."
-        },
-    )
     probe_components: int | None = field(
         default=16, metadata={"help": "Principal directions of the hidden states the probe sees (None: all)."}
     )
@@ -72,7 +66,13 @@ def main() -> None:
         raise ValueError(f"The prompts were evaluated with {evaluated}, not {prompting}.")
     model, tokenizer = load_default_model(data_args.model_name_or_path)
     features = prompt_features(
-        model, tokenizer, dataset["prompt"], eval_args.instruction, eval_args.system_prompt, 64, args.prompt_pooling
+        model,
+        tokenizer,
+        dataset["prompt"],
+        eval_args.instruction,
+        eval_args.system_prompt,
+        64,
+        data_args.prompt_pooling,
     )
     families = dataset["family"] if "family" in dataset.column_names else None
     budget = str(max(results["settings"]["token_budgets"]))
