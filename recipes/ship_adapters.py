@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import HfArgumentParser
 
 from hf_adaptive_decoding import DecodingAction
-from hf_adaptive_decoding.evaluation.comparison import BEST, BEST_AT_K, FAMILY_BEST, ORACLE, paired_difference
+from hf_adaptive_decoding.evaluation.comparison import BEST, BEST_AT_K, FAMILY_BEST, ORACLE, comparisons
 from hf_adaptive_decoding.evaluation.report import plot_evaluation, results_table
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "templates" / "shipped_adapter.md"
@@ -54,6 +54,11 @@ RUNS = {
 ADAPTER_FILES = ("config.json", "model.safetensors")
 # The reproduction's evaluations: folder -> the key of its summary in recipes/results/reproduce/summary.json
 EVALUATIONS = {"test": None, "held_out_families": "held_out_families", "token_budgets": "token_budgets"}
+EVALUATION_DESCRIPTIONS = {
+    "test": "on the test problems of the suite",
+    "held_out_families": "on task families never trained or selected on",
+    "token_budgets": "outside the training range of token budgets",
+}
 BASELINE_COLUMNS = [BEST, BEST_AT_K, FAMILY_BEST, ORACLE]
 
 
@@ -75,15 +80,18 @@ def _verdict(summary: dict, column: str, budget: int, where: str) -> str:
     """The adapter against BEST and BEST@k in words, with the paired intervals, at every k."""
     lines = []
     for reference in (BEST, BEST_AT_K):
-        if reference not in summary["decoders"]:
+        rows = [row for row in comparisons(summary, [column], [reference]) if row["token_budget"] == budget]
+        if not rows:
             continue
         notes = []
-        for k in summary["settings"]["ks"]:
-            paired = paired_difference(summary, column, reference, budget, k)
-            low, high = (100 * bound for bound in paired["ci95"])
+        for row in rows:
+            low, high = row["ci95"]
+            if low is None:  # one problem: no interval
+                notes.append(f"Pass@{row['k']} {row['delta']:+.1f} points (one problem, no interval)")
+                continue
             resolved = "excludes 0" if low > 0 or high < 0 else "includes 0: no resolved difference"
             notes.append(
-                f"Pass@{k} {100 * paired['delta']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}] ({resolved})"
+                f"Pass@{row['k']} {row['delta']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}] ({resolved})"
             )
         lines.append(f"- Against {reference} {where}, token budget {budget}: " + "; ".join(notes) + ".")
     return "\n".join(lines)
@@ -113,25 +121,23 @@ def ship_run(run_dir: Path, target: Path, name: str, column: str, summary_line: 
         decides = "one action per prompt, shared by its parallel samples (the paper's contextual bandit)"
         budget = f"parallel budget B ({budget_feature} encoding)" if budget_feature else "none (budget-agnostic)"
     tables, verdicts = [], []
-    where = {
-        "test": "on the test problems of the suite",
-        "held_out_families": "on task families never trained or selected on",
-        "token_budgets": "outside the training range of token budgets",
-    }
     for folder, summary in results["evaluations"].items():
         if column not in summary["decoders"]:
             continue
         shown = [name for name in dict.fromkeys(columns) if name in summary["decoders"]]
+        description = EVALUATION_DESCRIPTIONS[folder]
         for token_budget in sorted(summary["settings"]["token_budgets"]):
-            title = f"{where[folder].capitalize()} ({summary['settings']['num_problems']} problems), token budget"
+            title = f"{description.capitalize()} ({summary['settings']['num_problems']} problems), token budget"
             tables.append(f"{title} {token_budget}:\n\n{results_table(summary, shown, token_budget=token_budget)}")
-            verdicts.append(_verdict(summary, column, token_budget, where[folder]))
+            verdicts.append(_verdict(summary, column, token_budget, description))
     context = {
         "entropy": "the next-token entropy (one number)",
         "hidden_state+stats": "the final hidden state, the next-token entropy and max probability at each step",
     }.get(
         decoding.get("context_features"),
-        "the final hidden state at each step" if level == "token" else "the prompt's last hidden state",
+        "the final hidden state at each step"
+        if level == "token"
+        else f"the prompt's final hidden state ({decoding.get('prompt_pooling', 'last')} pooling over its tokens)",
     )
     text = TEMPLATE.read_text().format(
         name=name,
