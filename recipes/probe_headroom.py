@@ -3,14 +3,14 @@
     python recipes/probe_headroom.py --config recipes/configs/survey_tasks.yaml \\
         --results outputs/survey_tasks/results.json --probe_candidates greedy T0.5 T1
 
-Reads an evaluation's per-problem Pass@k of the candidate decoders (`recipes/evaluate.py` wrote it; the same
-`--config` rebuilds its problems), computes each prompt's final hidden state at its last token or its mean over the
-prompt (`--prompt_pooling`; what a sequence-level adapter sees), and compares, out of fold (k-fold cross-validation
-over problems), for each k: BEST@k (the best candidate on the other folds; pessimistic among near-ties, so also
-BEST@k in-sample, chosen and scored on all problems, which is optimistic), family-best (the best candidate of the problem's task family on the
-other folds), a probe (a linear softmax policy on the hidden states' top principal directions, trained on the other
-folds' measured rewards of every candidate) and the oracle (the best candidate on the problem itself). Differences
-are paired by problem with 95% intervals. Written to `output_dir/probe.json` and `probe.md`.
+Reads an evaluation's per-problem Pass@k of the candidate decoders (`recipes/evaluate.py` wrote it; the same `--config`
+rebuilds its problems), computes each prompt's final hidden state at its last token or its mean over the prompt
+(`--prompt_pooling`; what a sequence-level adapter sees), and compares, out of fold (k-fold cross-validation over
+problems), for each k: BEST@k (the best candidate on the other folds; pessimistic among near-ties, so also BEST@k
+in-sample, chosen and scored on all problems, which is optimistic), family-best (the best candidate of the problem's
+task family on the other folds), a probe (a linear softmax policy on the hidden states' top principal directions,
+trained on the other folds' measured rewards of every candidate) and the oracle (the best candidate on the problem
+itself). Differences are paired by problem with 95% intervals. Written to `output_dir/probe.json` and `probe.md`.
 """
 
 import dataclasses
@@ -78,16 +78,8 @@ def main() -> None:
     families = dataset["family"] if "family" in dataset.column_names else None
     budget = str(max(results["settings"]["token_budgets"]))
     references = ("BEST@k", "BEST@k in-sample", "family-best")
-    rows, lines = (
-        [],
-        [
-            "| k | "
-            + " | ".join((*references, "probe", "oracle"))
-            + " | "
-            + " | ".join(f"probe - {reference}" for reference in references)
-            + " |"
-        ],
-    )
+    header = [*references, "probe", "oracle", *(f"probe - {reference}" for reference in references)]
+    rows, lines = [], ["| k | " + " | ".join(header) + " |"]
     lines.append("|---:" * (3 + 2 * len(references)) + "|")
     for k in results["settings"]["ks"]:
         per_problem = results["per_problem"]
