@@ -16,6 +16,8 @@ from types import FrameType
 from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import GenerationConfig, PreTrainedModel, StoppingCriteriaList
 from transformers.generation import (
     AssistedCandidateGenerator,
@@ -26,6 +28,15 @@ from transformers.generation import (
 )
 
 # ------------------------------------------------------------------------------------------ generation (generate.py)
+
+# transformers 5.23 renamed a model forward's `past_key_values` keyword to `cache` (the old name warns from 5.23 and
+# goes in 5.40); vLLM 0.32 pins transformers < 5.20, so both names are in use.
+_CACHE_KEYWORD = "cache" if Version(transformers.__version__).release >= (5, 23) else "past_key_values"
+
+
+def cache_argument(cache: Any) -> dict[str, Any]:
+    """`cache` as the keyword argument a model's forward takes it under in the installed transformers."""
+    return {_CACHE_KEYWORD: cache}
 
 
 def prepare_generation_config(

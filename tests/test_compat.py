@@ -30,6 +30,12 @@ def test_prepare_generation_config_resolves_model_defaults_and_kwargs(llama):
     assert (resolved.max_new_tokens, resolved.temperature, resolved.top_k) == (5, 0.3, 7)
 
 
+def test_cache_argument_is_the_keyword_the_model_forward_fills(llama):
+    cache = transformers.DynamicCache(config=llama.config)
+    llama(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True, **compat.cache_argument(cache))
+    assert cache.get_seq_length() == 3, f"{list(compat.cache_argument(cache))} is not the forward's cache keyword"
+
+
 def test_default_generation_params_still_hold_the_library_defaults():
     assert hasattr(GenerationConfig, "_get_default_generation_params"), (
         "GenerationConfig._get_default_generation_params"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .. import compat
 from ..adapters.modeling import DecodingAdapterModel
 from .decision import DecisionStep, token_ids
 from .features import HiddenStateCapture, next_token_entropy, next_token_max_prob
@@ -190,7 +191,7 @@ class _Rollout:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=self.position_ids,
-            cache=self.cache,
+            **compat.cache_argument(self.cache),
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
@@ -252,7 +253,7 @@ class _Rollout:
             input_ids=next_tokens[:, None],
             attention_mask=self.attention_mask,
             position_ids=self.next_position,
-            cache=self.cache,
+            **compat.cache_argument(self.cache),
             use_cache=True,
         ).logits[:, -1]
         self.hidden = self.capture.last
