@@ -15,7 +15,9 @@
 #   5. copy the adapters into model_cards/<name>/ with their model cards, and the results into recipes/results/.
 #
 # Resumable: every step that finished is skipped (a marker in outputs/reproduce/), a training step continues from
-# its newest checkpoint, evaluations reuse what they cached: the static candidates' outcomes are cached under
+# its newest checkpoint, and is skipped when its adapter is finished in recipes/results/reproduce/adapters/ (where
+# the adapters are trained, so that they are committed as they finish and the run can span sessions; delete a folder
+# to train that adapter again), evaluations reuse what they cached: the static candidates' outcomes are cached under
 # recipes/results/suite/ (committed as they fill, so the hours they take are spent once), the adapters' beside them
 # keyed by the adapters' weights. Kill it at any time and run it again. Logs: outputs/reproduce/logs/; time per step:
 # outputs/reproduce/timings.tsv (killed attempts included).
@@ -60,13 +62,22 @@ stage() {  # stage <name> <command...>: run unless already done, log it, time it
 
 stage validation "$PY" recipes/evaluate.py --config recipes/configs/suite_validation.yaml \
   --output_dir "$OUT/validation" --write_baselines "$OUT/validation/baselines.json" "${val_args[@]}"
+train() {  # train <run> <recipe> <args...>: skipped when the run's finished adapter is in its folder already
+  local run=$1 recipe=$2 dir
+  shift 2
+  dir=$(sed -n 's/^output_dir: //p' "recipes/configs/reproduce/$run.yaml")
+  if [ ! -f "$OUT/.done-train-$run" ] && [ -f "$dir/model.safetensors" ] && [ -f "$dir/README.md" ]; then
+    echo "== train-$run: $dir holds its finished adapter (delete the folder to train it again), skipped"
+    touch "$OUT/.done-train-$run"
+    return
+  fi
+  stage "train-$run" "$PY" "$recipe" --config "recipes/configs/reproduce/$run.yaml" --resume_from_checkpoint auto "$@"
+}
 for run in token_budget token_no_budget token_entropy; do
-  stage "train-$run" "$PY" recipes/train_tok.py --config "recipes/configs/reproduce/$run.yaml" \
-    --resume_from_checkpoint auto "${tok_args[@]}"
+  train "$run" recipes/train_tok.py "${tok_args[@]}"
 done
 for run in sequence_budget sequence_no_budget; do
-  stage "train-$run" "$PY" recipes/train_seq.py --config "recipes/configs/reproduce/$run.yaml" \
-    --resume_from_checkpoint auto "${seq_args[@]}"
+  train "$run" recipes/train_seq.py "${seq_args[@]}"
 done
 stage test "$PY" recipes/evaluate.py --config recipes/configs/reproduce/test.yaml "${test_args[@]}"
 stage held-out-families "$PY" recipes/evaluate.py --config recipes/configs/reproduce/held_out_families.yaml \

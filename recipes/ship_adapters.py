@@ -65,6 +65,9 @@ BASELINE_COLUMNS = [BEST, BEST_AT_K, FAMILY_BEST, ORACLE]
 @dataclass
 class ShipArguments:
     reproduction_dir: str = field(default="outputs/reproduce", metadata={"help": "Output of recipes/reproduce.sh."})
+    adapters_dir: str = field(
+        default="recipes/results/reproduce/adapters", metadata={"help": "Where the reproduction trained its adapters."}
+    )
     model_cards_dir: str = field(default="model_cards", metadata={"help": "Where the adapter folders go."})
     results_dir: str = field(default="recipes/results/reproduce", metadata={"help": "Where results are kept."})
 
@@ -223,7 +226,7 @@ def main() -> None:
         "hours": _hours(reproduction / "timings.tsv"),
     }
     for run, (name, column, summary_line) in RUNS.items():
-        run_dir = reproduction / "adapters" / run
+        run_dir = Path(args.adapters_dir) / run
         if not (run_dir / "model.safetensors").exists():
             raise FileNotFoundError(f"{run_dir} holds no trained adapter: run the training steps of reproduce.sh.")
         ship_run(run_dir, Path(args.model_cards_dir) / name, name, column, summary_line, results)
