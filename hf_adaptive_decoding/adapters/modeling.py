@@ -299,11 +299,20 @@ class DecodingAdapterModel(DecodingAdapterPreTrainedModel):
 
 def check_base_model(config: PretrainedConfig, model: PreTrainedModel) -> None:
     """Raise [`IncompatibleBaseModelError`] unless `model` matches the `base_model_*` fields of an adapter's config."""
-    text_config = model.config.get_text_config(decoder=True)
+    name_or_path = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
+    check_base_model_config(config, model.config, name_or_path, type(model).__name__)
+
+
+def check_base_model_config(
+    config: PretrainedConfig, model_config: PretrainedConfig, name_or_path: str | None, kind: str
+) -> None:
+    """[`check_base_model`] from the language model's config alone (e.g. for a model another engine loads): `kind`
+    names the model in the error."""
+    text_config = model_config.get_text_config(decoder=True)
     hidden_size = getattr(text_config, "hidden_size", None)
     vocab_size = getattr(text_config, "vocab_size", None)
     expected_id = config.base_model_name_or_path
-    actual_id = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None) or None
+    actual_id = name_or_path
     problems = []
     if hidden_size != config.base_model_hidden_size:
         problems.append(f"hidden size {hidden_size} != {config.base_model_hidden_size}")
@@ -315,7 +324,7 @@ def check_base_model(config: PretrainedConfig, model: PreTrainedModel) -> None:
         raise IncompatibleBaseModelError(
             f"This {config.model_type.replace('_', ' ')} was built for {expected_id or 'an unnamed model'!r} (hidden "
             f"size {config.base_model_hidden_size}, vocabulary {config.base_model_vocab_size}) but is used with "
-            f"{actual_id or 'an unnamed model'!r} ({type(model).__name__}, hidden size {hidden_size}, vocabulary "
+            f"{actual_id or 'an unnamed model'!r} ({kind}, hidden size {hidden_size}, vocabulary "
             f"{vocab_size}): {'; '.join(problems)}. Build one for this model with "
             "`AutoDecodingAdapter.for_model(model, config)`."
         )
