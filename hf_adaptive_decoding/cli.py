@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "adapters":
             return adapters_command(console)
         if args.command == "serve":
+            from .vllm import require_vllm
+
+            require_vllm("hf-adaptive-decoding serve")
             from .vllm.serve import serve, vllm_serve_argv
 
             serve(vllm_serve_argv(args.adapter, args.model, args.host, args.port, args.deterministic, passed_on))

