@@ -148,6 +148,8 @@ def load_default_model(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     if name_or_path is None:
         model.name_or_path = DEFAULT_MODEL_ID
+        # The Hub id names the model; the weights are this folder's (another engine, e.g. vLLM, must load these).
+        model.weights_folder = str(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

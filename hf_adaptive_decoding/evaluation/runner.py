@@ -65,6 +65,7 @@ def rollout_and_score(
     reward_weights: Sequence[float] | None = None,
     reward_timeout: float | None = 60.0,
     failure_reward: float = 0.0,
+    rollout_engine: Callable[..., RolloutBatch] = generate_rollouts,
 ) -> ScoredRollouts:
     """
     Encode `rows`' prompts, roll them out under `policy` with [`~generation.rollout.generate_rollouts`], decode and
@@ -74,7 +75,9 @@ def rollout_and_score(
     positions): any two decoders run with the same seed on the same problem draw the same numbers, whatever else is in
     their batch. Without it, keys come from torch's global generator (a seeded training run).
 
-    The other arguments are those of `generate_rollouts`, given as one int for every input or one per input.
+    The other arguments are those of `generate_rollouts`, given as one int for every input or one per input;
+    `rollout_engine` is what runs them (`generate_rollouts`, or e.g. a vLLM engine's
+    [`~hf_adaptive_decoding.vllm.rollout.vllm_generate_rollouts`] with its `llm` bound).
     """
     device = model.device
     count = len(rows)
@@ -84,7 +87,7 @@ def rollout_and_score(
     noise = None
     if seed is not None:
         noise = keys_for_problems(seed, range(count) if problem_ids is None else problem_ids).to(device)
-    batch = generate_rollouts(
+    batch = rollout_engine(
         model,
         policy,
         encoded["input_ids"],

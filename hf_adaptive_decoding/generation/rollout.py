@@ -113,7 +113,7 @@ def generate_rollouts(
             uses; default `0 .. num_samples[i] - 1` within each input. Rows of one input with the same index draw the
             same random numbers (e.g. all strategies of a problem on its first sample's noise).
     """
-    _check_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions)
+    check_rollout_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions)
     device = input_ids.device
     num_samples = num_samples.to(device)
     input_index = torch.repeat_interleave(torch.arange(len(input_ids), device=device), num_samples)
@@ -140,7 +140,8 @@ def generate_rollouts(
     return rollout.result(input_index)
 
 
-def _check_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions) -> None:
+def check_rollout_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions) -> None:
+    """Refuse inputs [`generate_rollouts`] (or another rollout engine) cannot run, naming the bad values."""
     if parallel_budgets is not None and adapter.level != "sequence":
         raise ValueError("parallel_budgets is a sequence-level input; a token-level policy is told b_t, not B.")
     checked = [("num_samples", num_samples), ("token_budgets", token_budgets)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -45,6 +46,11 @@ class AdapterTrainerConfig(BaseTrainerConfig):
             them (`reward_aggregation`), and the exact expected policy gradient over actions at every budget. It
             costs `num_actions x num_generations` samples per prompt, and no budget or action goes unseen: suited to
             small action spaces such as `mixed-seq`. `baseline` is then the mean over actions.
+        use_vllm (`bool`): sequence level, draw the training rollouts with a vLLM engine in this process (as TRL's
+            GRPO colocate mode; needs vLLM, docs/vllm.md); the adapter's features still come from one prefill of the
+            transformers model, and validation stays on the transformers path.
+        vllm_engine_kwargs (`dict`, *optional*): passed to `vllm.LLM` (e.g. `gpu_memory_utilization`); its
+            defaults here: the model's dtype, `enforce_eager=True`, `seed`.
         max_completion_length (`int`): the largest token budget: the most tokens a sample generates (validation
             always uses it).
         token_budgets (`list[int]`, *optional*): token level, the budgets `b` drawn per prompt (each trajectory stops
@@ -132,6 +138,17 @@ class AdapterTrainerConfig(BaseTrainerConfig):
             "estimated from them; the update is the exact expected policy gradient over actions, at every budget; "
             "needs num_generations >= max(parallel_budgets))."
         },
+    )
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "Sequence level: draw the training rollouts with a vLLM engine in this process (TRL's colocate "
+            "mode); features from one transformers prefill, validation on the transformers path. Needs vLLM."
+        },
+    )
+    vllm_engine_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Passed to vllm.LLM (e.g. gpu_memory_utilization, max_model_len); JSON on the CLI."},
     )
     max_completion_length: int = field(
         default=64,
@@ -315,6 +332,16 @@ class AdapterTrainerConfig(BaseTrainerConfig):
             f">= max(parallel_budgets)={max(self.parallel_budgets)} with "
             "action_sampling='all' (every budget's reward comes from an action's num_generations samples)",
         )
+        if isinstance(self.vllm_engine_kwargs, str):
+            try:
+                self.vllm_engine_kwargs = json.loads(self.vllm_engine_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"AdapterTrainerConfig.vllm_engine_kwargs must be a dict or a JSON object string, got "
+                    f"{self.vllm_engine_kwargs!r} ({error})."
+                ) from error
+        kwargs_ok = self.vllm_engine_kwargs is None or isinstance(self.vllm_engine_kwargs, dict)
+        self._check("vllm_engine_kwargs", kwargs_ok, "None, a dict or a JSON object string")
         self._check("mixed_precision", self.mixed_precision in ("no", "bf16", "fp16"), "no|bf16|fp16")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub=True needs hub_model_id (e.g. 'user/smollm2-token-adapter').")

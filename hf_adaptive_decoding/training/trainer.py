@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -119,6 +121,12 @@ class AdapterTrainer(AllActionsMixin, BaseAdapterTrainer):
                 "action_sampling='all' tries every action once per prompt: it needs a sequence-level adapter, got a "
                 f"{adapter.level}-level one."
             )
+        if args.use_vllm and adapter.level != "sequence":
+            raise ValueError(
+                "use_vllm draws whole completions under one action: it trains sequence-level adapters, got a "
+                f"{adapter.level}-level one."
+            )
+        self._vllm_llm = None
         if args.filter_prompts and args.num_generations < 2 and args.action_sampling == "policy":
             logger.warning("filter_prompts needs num_generations >= 2 to compare a prompt's rollouts; it is off.")
 
@@ -180,8 +188,11 @@ class AdapterTrainer(AllActionsMixin, BaseAdapterTrainer):
         **rollout_kwargs,
     ) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
         """Generate for `rows` (one decision source each) and score every sample. With `problem_ids`, every
-        problem's random numbers are keyed by `(seed, id)` (validation); without, drawn from the training RNG."""
+        problem's random numbers are keyed by `(seed, id)` (validation); without, drawn from the training RNG
+        (training rollouts, which `use_vllm` hands to vLLM)."""
         args = self.args
+        if args.use_vllm and problem_ids is None:
+            rollout_kwargs["rollout_engine"] = self._vllm_rollout_engine()
         scored = rollout_and_score(
             self.model,
             self.tokenizer,
@@ -227,6 +238,24 @@ class AdapterTrainer(AllActionsMixin, BaseAdapterTrainer):
             )
         unit_prompt = torch.arange(len(rows), device=rewards.device).repeat_interleave(generations)
         return batch, rewards, per_func, unit_rewards, unit_prompt, cot
+
+    def _vllm_rollout_engine(self):
+        """`vllm_generate_rollouts` bound to this process's vLLM engine, started on first use."""
+        if self._vllm_llm is None:
+            from ..vllm import require_vllm
+
+            require_vllm("AdapterTrainerConfig(use_vllm=True)")
+            import vllm
+
+            path = getattr(self.model, "weights_folder", None) or self.model.name_or_path  # the default model's folder
+            engine = {"dtype": str(self.model.dtype).removeprefix("torch."), "enforce_eager": True}
+            engine |= {"seed": self.args.seed + self.accelerator.process_index}
+            engine |= self.args.vllm_engine_kwargs or {}
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine in this process
+            self._vllm_llm = vllm.LLM(model=path, **engine)
+        from ..vllm.rollout import vllm_generate_rollouts
+
+        return functools.partial(vllm_generate_rollouts, self._vllm_llm)
 
     # ----------------------------------------------------------------------------------------------- update
 

@@ -453,3 +453,15 @@ def test_without_load_best_model_at_end_no_best_copies_are_written(tmp_path):
     trainer.train()
     assert not list((tmp_path / "run").glob("best-*"))
     assert "best_step" not in json.loads((tmp_path / "run" / "eval_results.json").read_text())
+
+
+def test_use_vllm_trains_sequence_level_adapters_only(tmp_path):
+    with pytest.raises(ValueError, match="use_vllm draws whole completions under one action.*token-level"):
+        make_trainer(tmp_path, level="token", use_vllm=True)
+
+
+def test_vllm_engine_kwargs_take_json_and_refuse_other_text():
+    parsed = AdapterTrainerConfig(vllm_engine_kwargs='{"max_model_len": 512}').vllm_engine_kwargs
+    assert parsed == {"max_model_len": 512}
+    with pytest.raises(ValueError, match="vllm_engine_kwargs must be a dict or a JSON object string"):
+        AdapterTrainerConfig(vllm_engine_kwargs="max_model_len=512")
