@@ -10,7 +10,10 @@ boxed-answer instruction, rendered by the chat template (`encode_chat`), each sa
 - plain: `model.generate(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=samples)`;
 - rollout/token: `generate_rollouts` with a fresh token-level adapter (`--token-preset`): the adapter runs at every
   step and every decision is recorded, as in training;
-- rollout/seq: `generate_rollouts` with a fresh sequence-level adapter (`--sequence-preset`): one decision per prompt.
+- rollout/seq: `generate_rollouts` with a fresh sequence-level adapter (`--sequence-preset`): one decision per prompt;
+- rollout/seq vllm (when vLLM is installed, e.g. `.venv-vllm/bin/python`): the same adapter's rollouts drawn by a
+  vLLM engine in this process (`vllm_generate_rollouts`, what `AdapterTrainerConfig(use_vllm=True)` trains on), in
+  eos mode only (vLLM stops at the tokenizer's EOS whatever the generation config says).
 
 Two modes:
 
@@ -44,6 +47,7 @@ from hf_adaptive_decoding.generation.rollout import generate_rollouts
 
 INSTRUCTION = "Provide the final answer within \\boxed{}."
 SIDES = ("plain", "rollout/token", "rollout/seq")
+VLLM_SIDE = "rollout/seq vllm"
 
 
 @contextmanager
@@ -117,6 +121,28 @@ def main() -> None:
 
     runs: dict[str, Callable[[], torch.LongTensor]] = {"plain": plain}
     runs.update({side: partial(rollout, side) for side in adapters})
+    try:
+        import vllm
+    except ImportError:
+        vllm = None
+    if vllm is not None:
+        from hf_adaptive_decoding.vllm.rollout import vllm_generate_rollouts
+
+        engine = vllm.LLM(model=model.weights_folder, dtype="float32", enforce_eager=True, max_model_len=1024)
+
+        def vllm_rollout() -> torch.LongTensor:
+            batch = vllm_generate_rollouts(
+                engine,
+                model,
+                adapters["rollout/seq"].eval(),
+                enc["input_ids"],
+                enc["attention_mask"],
+                num_samples=torch.tensor([args.samples] * args.prompts),
+                token_budgets=torch.tensor([args.max_new_tokens] * args.prompts),
+            )
+            return batch.completion_ids.masked_fill(~batch.completion_mask, tokenizer.pad_token_id)
+
+        runs[VLLM_SIDE] = vllm_rollout
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
@@ -125,20 +151,21 @@ def main() -> None:
     )
     for side, adapter in adapters.items():
         print(f"{side}: fresh {adapter.level}-level adapter, {len(adapter.decoding_config.actions)} actions")
-    header = f"{'mode':<6} {'side':<14} {'tok/s':>8} {'tok/row':>8} {'ratio':>6}  {'min-max':<11}"
+    header = f"{'mode':<6} {'side':<17} {'tok/s':>8} {'tok/row':>8} {'ratio':>6}  {'min-max':<11}"
     print(header)
     print("-" * len(header))
 
     with torch.inference_mode():
         for mode in args.modes:
+            sides = SIDES + ((VLLM_SIDE,) if VLLM_SIDE in runs and mode == "eos" else ())
             with eos_disabled(model) if mode == "fixed" else nullcontext():
                 eos_ids = torch.tensor(_ids(model.generation_config.eos_token_id), dtype=torch.long)
-                rates: dict[str, list[float]] = {side: [] for side in SIDES}
-                tokens: dict[str, list[int]] = {side: [] for side in SIDES}
+                rates: dict[str, list[float]] = {side: [] for side in sides}
+                tokens: dict[str, list[int]] = {side: [] for side in sides}
                 for round_index in range(args.rounds + 1):
                     # rotate the order every round, so that no side always runs first (or right after another)
-                    shift = round_index % len(SIDES)
-                    for side in SIDES[shift:] + SIDES[:shift]:
+                    shift = round_index % len(sides)
+                    for side in sides[shift:] + sides[:shift]:
                         torch.manual_seed(args.seed + round_index)
                         start = time.perf_counter()
                         generated = runs[side]()
@@ -149,11 +176,11 @@ def main() -> None:
                         if round_index:  # round 0 warms up
                             rates[side].append(count / elapsed)
                             tokens[side].append(count)
-            for side in SIDES:
+            for side in sides:
                 ratios = [rate / base for rate, base in zip(rates[side], rates["plain"], strict=True)]
                 per_row = statistics.mean(tokens[side]) / rows
                 print(
-                    f"{mode:<6} {side:<14} {statistics.median(rates[side]):>8.1f} {per_row:>8.1f} "
+                    f"{mode:<6} {side:<17} {statistics.median(rates[side]):>8.1f} {per_row:>8.1f} "
                     f"{statistics.median(ratios):>6.3f}  {min(ratios):.3f}-{max(ratios):.3f}"
                 )
 
