@@ -115,13 +115,8 @@ def generate_rollouts(
     """
     check_rollout_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions)
     device = input_ids.device
-    num_samples = num_samples.to(device)
-    input_index = torch.repeat_interleave(torch.arange(len(input_ids), device=device), num_samples)
-    if noise_keys is None:
-        noise_keys = random_keys(len(input_ids), device)
-    if sample_indices is None:
-        starts = torch.cumsum(num_samples, 0) - num_samples
-        sample_indices = torch.arange(len(input_index), device=device) - starts[input_index]
+    rows = rollout_rows(input_ids, num_samples, noise_keys, sample_indices)
+    num_samples, input_index, noise_keys, sample_indices = rows
     pooling = adapter.decoding_config.prompt_pooling if adapter.level == "sequence" else "last"  # token level: h_t
     with HiddenStateCapture(model, pooling) as capture:
         rollout = _Rollout(
@@ -138,6 +133,24 @@ def generate_rollouts(
             if not rollout.step(step):
                 break
     return rollout.result(input_index)
+
+
+def rollout_rows(
+    input_ids: torch.Tensor,
+    num_samples: torch.LongTensor,
+    noise_keys: torch.LongTensor | None,
+    sample_indices: torch.LongTensor | None,
+) -> tuple[torch.LongTensor, ...]:
+    """`(num_samples, input_index, noise_keys, sample_indices)` on the inputs' device: the input of every row, and
+    the defaults of [`generate_rollouts`] for the keys (drawn) and the sample indices (`0 .. num_samples[i] - 1`)."""
+    device = input_ids.device
+    num_samples = num_samples.to(device)
+    input_index = torch.repeat_interleave(torch.arange(len(input_ids), device=device), num_samples)
+    noise_keys = random_keys(len(input_ids), device) if noise_keys is None else noise_keys.to(device)
+    if sample_indices is None:
+        starts = torch.cumsum(num_samples, 0) - num_samples
+        sample_indices = torch.arange(len(input_index), device=device) - starts[input_index]
+    return num_samples, input_index, noise_keys, sample_indices.to(device)
 
 
 def check_rollout_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions) -> None:

@@ -15,9 +15,9 @@ from ..adapters.configuration import DecodingAction
 from ..adapters.modeling import DecodingAdapterModel
 from ..generation.decision import DecisionStep, token_ids
 from ..generation.features import HiddenStateCapture
-from ..generation.noise import derive_keys, random_keys
+from ..generation.noise import derive_keys
 from ..generation.policies import DecodingPolicy
-from ..generation.rollout import RolloutBatch, check_rollout_inputs
+from ..generation.rollout import RolloutBatch, check_rollout_inputs, rollout_rows
 
 
 def action_sampling_params(action: DecodingAction, max_tokens: int, seed: int, stop_token_ids: list[int]):
@@ -72,12 +72,8 @@ def vllm_generate_rollouts(
         raise ValueError("vLLM rollouts take no logits_processor: vLLM samples outside this process's logits.")
     check_rollout_inputs(adapter, input_ids, num_samples, token_budgets, parallel_budgets, fixed_actions)
     device = input_ids.device
-    num_samples = num_samples.to(device)
-    input_index = torch.repeat_interleave(torch.arange(len(input_ids), device=device), num_samples)
-    noise_keys = random_keys(len(input_ids), device) if noise_keys is None else noise_keys.to(device)
-    if sample_indices is None:
-        starts = torch.cumsum(num_samples, 0) - num_samples
-        sample_indices = torch.arange(len(input_index), device=device) - starts[input_index]
+    rows = rollout_rows(input_ids, num_samples, noise_keys, sample_indices)
+    num_samples, input_index, noise_keys, sample_indices = rows
     with HiddenStateCapture(model, adapter.decoding_config.prompt_pooling) as capture:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)

@@ -53,25 +53,9 @@ def test_greedy_rollouts_and_prompt_features_match_the_transformers_path(default
     tokens = drawn.completion_ids[drawn.completion_mask]
     assert torch.equal(tokens, reference.completion_ids[reference.completion_mask])
     torch.testing.assert_close(drawn.prompt_features, reference.prompt_features, atol=1e-4, rtol=1e-4)
-    decided = vllm_generate_rollouts(
-        engine,
-        model,
-        adapter,
-        encoded["input_ids"],
-        encoded["attention_mask"],
-        num_samples=torch.tensor([1, 8, 2]),
-        token_budgets=torch.tensor([4, 4, 4]),
-        deterministic=True,
-    )
-    expected = generate_rollouts(
-        model,
-        adapter,
-        encoded["input_ids"],
-        encoded["attention_mask"],
-        num_samples=torch.tensor([1, 8, 2]),
-        token_budgets=torch.tensor([4, 4, 4]),
-        deterministic=True,
-    )
+    inputs = (encoded["input_ids"], encoded["attention_mask"], torch.tensor([1, 8, 2]), torch.tensor([4, 4, 4]))
+    decided = vllm_generate_rollouts(engine, model, adapter, *inputs, deterministic=True)
+    expected = generate_rollouts(model, adapter, *inputs, deterministic=True)
     assert torch.equal(decided.actions, expected.actions) and decided.budgets.tolist() == [1.0, 8.0, 2.0]
     assert decided.completion_ids.shape == (11, 4) and bool(decided.completion_mask[:, 0].all())
 
