@@ -65,7 +65,7 @@ def rollout_and_score(
     reward_weights: Sequence[float] | None = None,
     reward_timeout: float | None = 60.0,
     failure_reward: float = 0.0,
-    rollout_engine: Callable[..., RolloutBatch] = generate_rollouts,
+    rollout_engine: Callable[..., RolloutBatch] | None = None,
 ) -> ScoredRollouts:
     """
     Encode `rows`' prompts, roll them out under `policy` with [`~generation.rollout.generate_rollouts`], decode and
@@ -76,7 +76,7 @@ def rollout_and_score(
     their batch. Without it, keys come from torch's global generator (a seeded training run).
 
     The other arguments are those of `generate_rollouts`, given as one int for every input or one per input;
-    `rollout_engine` is what runs them (`generate_rollouts`, or e.g. a vLLM engine's
+    `rollout_engine` is what runs them (default `generate_rollouts`, or e.g. a vLLM engine's
     [`~hf_adaptive_decoding.vllm.rollout.vllm_generate_rollouts`] with its `llm` bound).
     """
     device = model.device
@@ -87,7 +87,7 @@ def rollout_and_score(
     noise = None
     if seed is not None:
         noise = keys_for_problems(seed, range(count) if problem_ids is None else problem_ids).to(device)
-    batch = rollout_engine(
+    batch = (rollout_engine or generate_rollouts)(
         model,
         policy,
         encoded["input_ids"],
