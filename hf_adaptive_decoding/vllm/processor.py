@@ -19,7 +19,6 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from ..adapters.modeling import AutoDecodingAdapter
 from ..generation.decision import DecisionStep
-from ..generation.features import next_token_entropy, next_token_max_prob
 from ..generation.noise import derive_keys
 from .models import SAMPLED
 
@@ -137,8 +136,7 @@ class AdapterLogitsProcessor(LogitsProcessor):
         generated = torch.tensor(list(map(len, self.output_ids[:rows])), device=logits.device)
         keys = self.keys[:rows]
         if self.adapter.level == "token":
-            entropy, max_probs = next_token_entropy(scores), next_token_max_prob(scores)
-            context = self.decision.token_context(hidden, scores, entropy, max_probs)
+            context = self.decision.token_context(hidden, scores)  # entropy / max probability only if it reads them
             remaining = self.max_tokens[:rows] - generated
             actions, _ = self.decision.token_actions(context, remaining, keys, generated)
         else:
