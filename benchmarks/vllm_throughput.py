@@ -75,7 +75,8 @@ def main():
     print(f"torch {torch.__version__}, vLLM {vllm.__version__}, {os.cpu_count()} CPUs; {args.new_tokens} tokens each")
     names = [*engines, "transformers + token adapter"]
     header = f"{'prompts':>7} " + " ".join(f"{name + ' tok/s':>30}" for name in names)
-    print(header + "  " + " ".join(f"{name.split(' + ')[-1] + ' / plain':>22}" for name in names[1:]))
+    ratio_labels = ["vLLM seq / plain", "vLLM token / plain", "HF token / plain"]
+    print(header + "  " + " ".join(f"{label:>22}" for label in ratio_labels))
     for count in args.prompts:
         conversations = [[{"role": "user", "content": questions[i % len(questions)]}] for i in range(count)]
         rates = {name: [] for name in names}
