@@ -18,6 +18,9 @@ import statistics
 import time
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+# Every engine in this process, as AdaptiveLLM runs its own: otherwise plain vLLM alone would pay for a separate
+# engine-core process (and, on 2 cores, compete with it).
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 def main():
