@@ -104,8 +104,9 @@ class AdapterLogitsProcessor(LogitsProcessor):
         for index, params, _, output_ids in batch_update.added:
             extra = params.extra_args or {}
             number = extra.get(REQUEST_KEY)
-            self.requests[index] = next(_request_numbers) + (1 << 40) if number is None else number
-            key = extra.get(NOISE_KEY, params.seed if params.seed is not None else self.requests[index].item())
+            number = next(_request_numbers) + (1 << 40) if number is None else number
+            self.requests[index] = number
+            key = extra.get(NOISE_KEY, params.seed if params.seed is not None else number)
             self.keys[index] = derive_keys(torch.tensor([key]), 0)[0]
             self.max_tokens[index] = params.max_tokens if params.max_tokens is not None else self.default_max_tokens
             self.parallel_budgets[index] = extra.get(PARALLEL_BUDGET_KEY, params.n)
